@@ -1,0 +1,32 @@
+# Every target bootstraps what it needs: on a fresh clone `make house-prices` and `make test` just work.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup house-prices leaves tune submit runs test test-all lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the project (re-runs only when pyproject.toml changed)
+
+house-prices: $(STAMP)  ## House Prices, strong preset, 5-fold CV -> submissions/house-prices/ (ARGS="--preset d2l")
+	$(PY) -m pipelines house-prices $(ARGS)
+
+test: $(STAMP)  ## run the test suite (fast; exit 5 "no tests" counts as failure)
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+
+clean:  ## remove the virtual environment (runs and submissions are kept)
+	rm -rf $(VENV)

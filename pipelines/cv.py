@@ -1,0 +1,152 @@
+"""The shared cross-validation core: one splitter and one driver for every pipeline.
+
+Fold ids are computed once per run (seeded) and stored with it, so that runs can be blended and
+compared on exactly the same folds. The driver is model-agnostic: it calls ``fit_predict(train_idx,
+valid_idx, fold)`` and collects out-of-fold predictions for every training row, fold scores and test
+predictions, whether the model is a scikit-learn pipeline or a network trained by the shared loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+from pipelines.errors import PipelineError
+
+STRATEGIES = ("kfold", "stratified", "binned", "group")
+
+
+class FoldSplitter:
+    """K-fold splitter with scikit-learn's ``split(X, y, groups)`` signature.
+
+    ``strategy``: ``kfold`` (shuffled), ``stratified`` (classification labels), ``binned`` (regression:
+    stratified on ``n_bins`` quantile bins of the target) or ``group`` (no group in two folds).
+    """
+
+    def __init__(self, n_splits: int = 5, strategy: str = "kfold", seed: int = 0, n_bins: int = 10):
+        if strategy not in STRATEGIES:
+            raise PipelineError(f"unknown fold strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if n_splits < 2:
+            raise PipelineError(f"--folds must be at least 2, got {n_splits}")
+        self.n_splits, self.strategy, self.seed, self.n_bins = n_splits, strategy, seed, n_bins
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return self.n_splits
+
+    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        n = len(X)
+        if self.strategy == "kfold":
+            yield from KFold(self.n_splits, shuffle=True, random_state=self.seed).split(np.zeros(n))
+        elif self.strategy == "stratified":
+            yield from StratifiedKFold(self.n_splits, shuffle=True, random_state=self.seed).split(
+                np.zeros(n), np.asarray(y)
+            )
+        elif self.strategy == "binned":
+            bins = _quantile_bins(np.asarray(y, dtype=float), self.n_bins)
+            yield from StratifiedKFold(self.n_splits, shuffle=True, random_state=self.seed).split(
+                np.zeros(n), bins
+            )
+        else:
+            if groups is None:
+                raise PipelineError("group folds need a groups column")
+            # GroupKFold has no shuffle before scikit-learn 1.6; permute group labels with the seed instead
+            uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+            perm = np.random.default_rng(self.seed).permutation(len(uniq))
+            yield from GroupKFold(self.n_splits).split(np.zeros(n), groups=perm[inv])
+
+
+def _quantile_bins(y: np.ndarray, n_bins: int) -> np.ndarray:
+    edges = np.unique(np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    return np.digitize(y, edges)
+
+
+def make_folds(n_rows_or_y, n_splits: int = 5, strategy: str = "kfold", seed: int = 0, groups=None) -> np.ndarray:
+    """Return the fold id (0..n_splits-1) of every row; the array is what a run record stores."""
+    y = np.asarray(n_rows_or_y) if not np.isscalar(n_rows_or_y) else None
+    n = len(y) if y is not None else int(n_rows_or_y)
+    folds = np.full(n, -1, dtype=int)
+    splitter = FoldSplitter(n_splits, strategy, seed)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros(n), y, groups)):
+        folds[valid] = k
+    return folds
+
+
+@dataclass
+class CVResult:
+    """Everything a run needs to record: OOF predictions for every row, per-fold scores, test preds."""
+
+    oof: np.ndarray
+    fold_scores: list[float]
+    folds: np.ndarray
+    test: np.ndarray | None = None
+    fold_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fold_scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.fold_scores))
+
+
+FitPredict = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+def cross_validate(
+    fit_predict: FitPredict,
+    folds: np.ndarray,
+    y: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    score_mask: np.ndarray | None = None,
+    fit_mask: np.ndarray | None = None,
+    refit: Callable[[np.ndarray], np.ndarray] | None = None,
+    on_fold_end: Callable[[int, float], None] | None = None,
+    only_folds: list[int] | None = None,
+    progress: bool = False,
+    desc: str = "cv",
+) -> CVResult:
+    """Fit one model per fold and collect out-of-fold predictions for every training row.
+
+    ``fit_predict(train_idx, valid_idx, fold)`` returns ``(valid_pred, test_pred_or_None)``.
+    ``fit_mask`` drops rows from *fitting* only (e.g. outliers): every row still gets a prediction.
+    ``score_mask`` restricts which rows count in the fold scores. Test predictions are the fold
+    average, unless ``refit(train_idx)`` is given: then one more model is fit on all (fit-masked) rows.
+    ``on_fold_end(fold, running_mean)`` lets a tuner report and prune after each fold.
+    """
+    n = len(folds)
+    fit_mask = np.ones(n, bool) if fit_mask is None else np.asarray(fit_mask, bool)
+    score_mask = np.ones(n, bool) if score_mask is None else np.asarray(score_mask, bool)
+    oof, test_preds, scores, seconds = None, [], [], []
+    fold_list = sorted(set(folds.tolist())) if only_folds is None else only_folds
+    iterator = fold_list
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(fold_list, desc=desc, leave=False)
+    for k in iterator:
+        start = time.perf_counter()
+        valid_idx = np.flatnonzero(folds == k)
+        train_idx = np.flatnonzero((folds != k) & fit_mask)
+        valid_pred, test_pred = fit_predict(train_idx, valid_idx, k)
+        valid_pred = np.asarray(valid_pred)
+        if oof is None:
+            oof = np.full((n, *valid_pred.shape[1:]), np.nan)
+        oof[valid_idx] = valid_pred
+        scored = valid_idx[score_mask[valid_idx]]
+        scores.append(float(metric(np.asarray(y)[scored], oof[scored])))
+        if test_pred is not None:
+            test_preds.append(np.asarray(test_pred))
+        seconds.append(time.perf_counter() - start)
+        if on_fold_end is not None:
+            on_fold_end(k, float(np.mean(scores)))
+    if refit is not None:
+        test = np.asarray(refit(np.flatnonzero(fit_mask)))
+    else:
+        test = np.mean(test_preds, axis=0) if test_preds else None
+    return CVResult(oof=oof, fold_scores=scores, folds=folds, test=test, fold_seconds=seconds)
