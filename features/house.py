@@ -1,0 +1,215 @@
+"""House Prices feature steps as scikit-learn transformers (fit on training rows only).
+
+Each step takes and returns a DataFrame, learns its state in trailing-underscore attributes and
+names its output columns, so it drops into any ``Pipeline``/``ColumnTransformer`` and CV never lets
+a validation or test row shape what was learned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, RobustScaler
+from sklearn.utils.validation import check_is_fitted
+
+# The Kaggle schema's numeric columns (data_description.txt); everything else is categorical.
+NUMERIC_COLUMNS = (
+    "MSSubClass LotFrontage LotArea OverallQual OverallCond YearBuilt YearRemodAdd MasVnrArea BsmtFinSF1 "
+    "BsmtFinSF2 BsmtUnfSF TotalBsmtSF 1stFlrSF 2ndFlrSF LowQualFinSF GrLivArea BsmtFullBath BsmtHalfBath "
+    "FullBath HalfBath BedroomAbvGr KitchenAbvGr TotRmsAbvGrd Fireplaces GarageYrBlt GarageCars GarageArea "
+    "WoodDeckSF OpenPorchSF EnclosedPorch 3SsnPorch ScreenPorch PoolArea MiscVal MoSold YrSold"
+).split()
+# NaN here means "the house has none" (data_description.txt), not "unknown".
+ABSENT_CATEGORY = (
+    "Alley BsmtQual BsmtCond BsmtExposure BsmtFinType1 BsmtFinType2 FireplaceQu GarageType GarageFinish "
+    "GarageQual GarageCond PoolQC Fence MiscFeature MasVnrType"
+).split()
+ABSENT_ZERO = (
+    "MasVnrArea BsmtFinSF1 BsmtFinSF2 BsmtUnfSF TotalBsmtSF BsmtFullBath BsmtHalfBath GarageCars GarageArea"
+).split()
+# Numeric codes that are really categories.
+AS_CATEGORY = ("MSSubClass", "MoSold", "YrSold")
+
+_QUALITY = {"None": 0, "Po": 1, "Fa": 2, "TA": 3, "Gd": 4, "Ex": 5}
+ORDINAL_MAPS: dict[str, dict[str, int]] = {
+    **{c: _QUALITY for c in (
+        "ExterQual ExterCond BsmtQual BsmtCond HeatingQC KitchenQual FireplaceQu GarageQual GarageCond PoolQC"
+    ).split()},
+    "BsmtExposure": {"None": 0, "No": 1, "Mn": 2, "Av": 3, "Gd": 4},
+    **{c: {"None": 0, "Unf": 1, "LwQ": 2, "Rec": 3, "BLQ": 4, "ALQ": 5, "GLQ": 6}
+       for c in ("BsmtFinType1", "BsmtFinType2")},
+    "GarageFinish": {"None": 0, "Unf": 1, "RFn": 2, "Fin": 3},
+    "Functional": {"Sal": 0, "Sev": 1, "Maj2": 2, "Maj1": 3, "Mod": 4, "Min2": 5, "Min1": 6, "Typ": 7},
+    "LandSlope": {"Sev": 0, "Mod": 1, "Gtl": 2},
+    "LotShape": {"IR3": 0, "IR2": 1, "IR1": 2, "Reg": 3},
+    "PavedDrive": {"N": 0, "P": 1, "Y": 2},
+    "CentralAir": {"N": 0, "Y": 1},
+    "Street": {"Grvl": 0, "Pave": 1},
+}
+
+
+class _FrameTransformer(TransformerMixin, BaseEstimator):
+    """Base: DataFrame in, DataFrame out, output names remembered at fit time."""
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self, "feature_names_out_")
+        return np.asarray(self.feature_names_out_, dtype=object)
+
+    def _remember_names(self, X: pd.DataFrame) -> None:
+        self.feature_names_out_ = list(self.transform(X).columns)
+
+
+class HouseImputer(_FrameTransformer):
+    """Domain imputation: absence → ``"None"``/0, LotFrontage by neighborhood median, else mode/median.
+
+    Medians and modes are learned from the rows passed to ``fit`` only.
+    """
+
+    def fit(self, X: pd.DataFrame, y=None):
+        X = self._base(X)
+        self.lot_by_hood_ = X.groupby("Neighborhood")["LotFrontage"].median().dropna().to_dict() \
+            if {"Neighborhood", "LotFrontage"} <= set(X.columns) else {}
+        numeric = [c for c in X.columns if c in NUMERIC_COLUMNS and c not in AS_CATEGORY]
+        self.medians_ = {c: (float(X[c].median()) if X[c].notna().any() else 0.0) for c in numeric}
+        categorical = [c for c in X.columns if c not in self.medians_]
+        self.modes_ = {c: (X[c].mode().iloc[0] if X[c].notna().any() else "None") for c in categorical}
+        self._remember_names(X)
+        return self
+
+    @staticmethod
+    def _base(X: pd.DataFrame) -> pd.DataFrame:
+        X = X.copy()
+        for c in ABSENT_CATEGORY:
+            if c in X:
+                X[c] = X[c].astype("object").where(X[c].notna(), "None")
+        for c in ABSENT_ZERO:
+            if c in X:
+                X[c] = X[c].fillna(0)
+        if "GarageYrBlt" in X and "YearBuilt" in X:  # no garage: pretend it is as old as the house
+            X["GarageYrBlt"] = X["GarageYrBlt"].fillna(X["YearBuilt"])
+        if "Functional" in X:
+            X["Functional"] = X["Functional"].fillna("Typ")  # data_description: assume typical
+        for c in AS_CATEGORY:
+            if c in X:
+                X[c] = X[c].map(lambda v: "None" if pd.isna(v) else str(int(v)) if float(v).is_integer() else str(v))
+        return X
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        X = self._base(X)
+        if "LotFrontage" in X and "Neighborhood" in X:
+            X["LotFrontage"] = X["LotFrontage"].fillna(X["Neighborhood"].map(self.lot_by_hood_))
+        for c, v in self.medians_.items():
+            if c in X:
+                X[c] = pd.to_numeric(X[c]).fillna(v).astype(float)
+        for c, v in self.modes_.items():
+            if c in X:
+                X[c] = X[c].astype("object").where(X[c].notna(), v).astype(str)
+        return X
+
+
+class OrdinalMapper(_FrameTransformer):
+    """Map quality-like categories (Po < Fa < TA < Gd < Ex ...) to integers; unknown levels → NaN → 0."""
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self.columns_ = [c for c in ORDINAL_MAPS if c in X.columns]
+        self._remember_names(X)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        X = X.copy()
+        for c in self.columns_:
+            X[c] = X[c].map(ORDINAL_MAPS[c]).fillna(0).astype(float)
+        return X
+
+
+def _col(X: pd.DataFrame, name: str) -> pd.Series:
+    return X[name].astype(float) if name in X else pd.Series(0.0, index=X.index)
+
+
+class HouseFeatures(_FrameTransformer):
+    """Engineered features a top kernel adds: total area, ages, bath and porch totals, indicators."""
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self._remember_names(X)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        X = X.copy()
+        c = lambda name: _col(X, name)  # noqa: E731
+        year_sold = pd.to_numeric(X["YrSold"], errors="coerce") if "YrSold" in X else c("YearBuilt")
+        new = {
+            "TotalSF": c("TotalBsmtSF") + c("1stFlrSF") + c("2ndFlrSF"),
+            "TotalBath": c("FullBath") + 0.5 * c("HalfBath") + c("BsmtFullBath") + 0.5 * c("BsmtHalfBath"),
+            "TotalPorch": c("OpenPorchSF") + c("EnclosedPorch") + c("3SsnPorch") + c("ScreenPorch")
+            + c("WoodDeckSF"),
+            "HouseAge": (year_sold - c("YearBuilt")).clip(lower=0),
+            "RemodAge": (year_sold - c("YearRemodAdd")).clip(lower=0),
+            "Remodeled": (c("YearRemodAdd") != c("YearBuilt")).astype(float),
+            "QualSF": c("OverallQual") * c("GrLivArea"),
+            "QualTotalSF": c("OverallQual") * (c("TotalBsmtSF") + c("1stFlrSF") + c("2ndFlrSF")),
+            "HasPool": (c("PoolArea") > 0).astype(float),
+            "Has2ndFloor": (c("2ndFlrSF") > 0).astype(float),
+            "HasGarage": (c("GarageArea") > 0).astype(float),
+            "HasBsmt": (c("TotalBsmtSF") > 0).astype(float),
+            "HasFireplace": (c("Fireplaces") > 0).astype(float),
+        }
+        return pd.concat([X, pd.DataFrame(new, index=X.index).fillna(0.0)], axis=1)
+
+
+class SkewCorrector(_FrameTransformer):
+    """``log1p`` the non-negative numeric columns whose training skew exceeds ``threshold``."""
+
+    def __init__(self, threshold: float = 0.75):
+        self.threshold = threshold
+
+    def fit(self, X: pd.DataFrame, y=None):
+        numeric = X.select_dtypes("number")
+        skew = numeric.skew().abs()
+        self.columns_ = [c for c in numeric if skew.get(c, 0) > self.threshold and numeric[c].min() >= 0]
+        self._remember_names(X)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        X = X.copy()
+        for c in self.columns_:
+            X[c] = np.log1p(X[c].clip(lower=0))
+        return X
+
+
+def d2l_features(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The d2l recipe, exactly: standardize numerics over train+test features, NaN → 0, one-hot with NaN.
+
+    (Transductive by design: d2l fits these statistics on all features, targets are never used.)
+    """
+    features = pd.concat([train, test])
+    numeric = features.select_dtypes("number").columns
+    features[numeric] = features[numeric].apply(lambda x: (x - x.mean()) / x.std())
+    features[numeric] = features[numeric].fillna(0)
+    features = pd.get_dummies(features, dummy_na=True).astype("float32")
+    values = features.to_numpy()
+    return values[: len(train)], values[len(train):]
+
+
+def make_preprocessor() -> Pipeline:
+    """The strong preset's feature pipeline: impute → ordinal → engineer → unskew → scale + one-hot."""
+    numeric = make_column_selector(dtype_include="number")
+    categorical = make_column_selector(dtype_exclude="number")
+    encode = ColumnTransformer(
+        [
+            ("num", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                              ("scale", RobustScaler())]), numeric),
+            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64), categorical),
+        ],
+        verbose_feature_names_out=False,
+    )
+    return Pipeline([
+        ("impute", HouseImputer()),
+        ("ordinal", OrdinalMapper()),
+        ("features", HouseFeatures()),
+        ("unskew", SkewCorrector()),
+        ("encode", encode),
+    ])
