@@ -22,6 +22,9 @@ setup: $(STAMP)  ## create .venv and install the project (re-runs only when pypr
 house-prices: $(STAMP)  ## House Prices, strong preset, 5-fold CV -> submissions/house-prices/ (ARGS="--preset d2l")
 	$(PY) -m pipelines house-prices $(ARGS)
 
+leaves: $(STAMP)  ## Classify Leaves: fine-tune efficientnet-lite0, 3-fold CV + TTA -> submissions/classify-leaves/ (synthetic set if no data)
+	$(PY) -m pipelines leaves $(ARGS)
+
 test: $(STAMP)  ## run the test suite (fast; exit 5 "no tests" counts as failure)
 	$(PY) -m pytest
 

@@ -1,31 +1,87 @@
 """The shared training loop: one readable block (forward, loss, backward, clip, step) for every model.
 
-Runs on CPU or one CUDA GPU (autocast + channels_last); extension points are plain callables on a
-few named events (minGPT's ``add_callback``), not a framework. Used by the d2l house-prices preset,
-the leaves pipeline, the ``models/`` baselines and tuning.
+One code path for every device: CPU (plain fp32, bit-reproducible under a seed), one CUDA GPU (autocast
+in bf16 where supported, else fp16 with a gradient scaler, and channels_last), several GPUs under
+``torchrun`` (the model is wrapped in DDP when a process group is up). Extras are small and optional:
+a ``batch_hook`` (mixup/cutmix), an EMA of the weights, accuracy tracking, a tqdm bar; early stopping
+and checkpoints hang on the ``on_epoch_end`` event (minGPT's ``add_callback``), not on a framework.
+Used by the d2l house-prices preset, the leaves pipeline, the ``models/`` baselines and tuning.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+from pipelines.checkpoint import rng_state, set_rng_state
 
 EVENTS = ("on_batch_end", "on_epoch_end")
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda:<LOCAL_RANK>`` under torchrun with GPUs, ``cuda`` with one, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the process group, ``(0, 1)`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def init_distributed() -> bool:
+    """Join the process group ``torchrun`` describes (NCCL on GPUs, gloo on CPU); ``False`` if none."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return dist.is_available() and dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    return True
+
+
+def broadcast_value(value: float) -> float:
+    """Rank 0's ``value`` on every rank, so that all ranks take the same decisions (early stopping)."""
+    if world()[1] == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
+    """Per-step LR schedule: linear warmup to the base LR, then cosine down to ``min_factor`` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:
-    """Owns model, optimizer and loss; ``fit`` trains, ``predict`` infers.
+    """Owns model, optimizer and loss; ``fit`` trains, ``evaluate`` scores, ``predict`` infers.
 
     ``autocast`` is used on CUDA only (bf16 where supported, else fp16 with a gradient scaler);
     on CPU the loop is plain fp32 so results are bit-reproducible under a seed.
+    ``batch_hook(x, y) -> (x, y)`` transforms each training batch on the device (mixup/cutmix);
+    ``ema`` (timm ``ModelEmaV3``) is updated after every step and used by ``evaluate``/``predict``.
     """
 
     def __init__(
@@ -38,18 +94,34 @@ class Trainer:
         device: torch.device | str | None = None,
         grad_clip: float | None = None,
         channels_last: bool = False,
+        amp: bool = True,
+        batch_hook: Callable | None = None,
+        ema: nn.Module | None = None,
+        progress: bool = False,
+        compile: bool = False,
     ):
         self.device = torch.device(device) if device is not None else default_device()
-        self.channels_last = channels_last and self.device.type == "cuda"
-        self.model = model.to(self.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer, self.loss_fn, self.scheduler, self.grad_clip = optimizer, loss_fn, scheduler, grad_clip
         cuda = self.device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        self.channels_last = channels_last and cuda
+        self.module = model.to(self.device)  # the bare model: what EMA tracks and checkpoints hold
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.model = self.module
+        if world()[1] > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.module, device_ids=[self.device.index] if cuda else None)
+        if compile:
+            self.model = torch.compile(self.model)
+        self.optimizer, self.loss_fn, self.scheduler, self.grad_clip = optimizer, loss_fn, scheduler, grad_clip
+        self.batch_hook, self.ema, self.progress = batch_hook, ema, progress
+        self.amp_dtype = None
+        if cuda and amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
-        self.epoch = 0
+        self.epoch, self.step = 0, 0  # epochs and optimizer steps done
+        self.should_stop = False  # a callback sets it (early stopping); ``fit`` then returns
 
     def add_callback(self, event: str, fn: Callable[..., None]) -> None:
         if event not in EVENTS:
@@ -71,34 +143,65 @@ class Trainer:
             return torch.autocast("cpu", enabled=False)
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.module
+
     def train_epoch(self, loader: Iterable) -> dict:
-        """One pass over ``loader``; returns mean loss, sample count and throughput."""
+        """One pass over ``loader``; returns mean loss, accuracy (classification), samples and throughput."""
         self.model.train()
-        total, count, start = 0.0, 0, time.perf_counter()
-        for x, y in loader:
+        total, count, correct, start = 0.0, 0, 0, time.perf_counter()  # correct: None if not classifying
+        bar = _progress(loader, f"epoch {self.epoch + 1}") if self.progress and is_main_process() else None
+        for x, y in bar if bar is not None else loader:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            if self.batch_hook is not None:
+                x, y = self.batch_hook(x, y)
             with self._autocast():
-                loss = self.loss_fn(self.model(x), y)
+                out = self.model(x)
+                loss = self.loss_fn(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(self.module, step=self.step)
             total += loss.item() * len(x)
             count += len(x)
+            hits = _n_correct(out, y)
+            correct = None if hits is None or correct is None else correct + hits
+            if bar is not None:
+                seconds = time.perf_counter() - start
+                acc = f"{correct / count:.3f}" if correct is not None else "-"
+                bar.set_postfix(loss=f"{total / count:.3f}", acc=acc, img_s=f"{count / max(seconds, 1e-9):.0f}",
+                                refresh=False)
             self._trigger("on_batch_end", loss=loss.item())
         seconds = time.perf_counter() - start
-        return {"loss": total / max(count, 1), "samples": count, "seconds": seconds,
-                "samples_per_s": count / max(seconds, 1e-9)}
+        stats = {"loss": total / max(count, 1), "samples": count, "seconds": seconds,
+                 "samples_per_s": count / max(seconds, 1e-9)}
+        if correct is not None and count:
+            stats["acc"] = correct / count
+        return stats
 
     def fit(self, loader: Iterable, epochs: int) -> list[dict]:
-        """Train for ``epochs``; ``on_epoch_end`` callbacks get the epoch's stats (and may validate)."""
+        """Train ``epochs`` more epochs, or until a callback sets ``should_stop``.
+
+        ``on_epoch_end`` callbacks get the epoch's stats (and may validate, checkpoint or stop).
+        A loader whose sampler has ``set_epoch`` (DDP, :class:`features.images.SeededSampler`) gets it.
+        """
         history = []
         for _ in range(epochs):
+            if self.should_stop:
+                break
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
             stats = self.train_epoch(loader)
             self.epoch += 1
             stats["epoch"] = self.epoch
@@ -107,12 +210,65 @@ class Trainer:
         return history
 
     @torch.no_grad()
-    def predict(self, loader: Iterable) -> torch.Tensor:
-        """Model outputs for every batch of ``loader`` (inputs, or ``(inputs, _)`` pairs), on CPU, fp32."""
-        self.model.eval()
+    def predict(self, loader: Iterable, transform: Callable | None = None) -> torch.Tensor:
+        """Outputs for every batch of ``loader`` (inputs, or ``(inputs, _)`` pairs), on CPU, fp32.
+
+        ``transform`` is applied to each input batch first (a test-time augmentation view).
+        """
+        model = self.eval_model.eval()
         outs = []
         for batch in loader:
-            x = batch[0] if isinstance(batch, list | tuple) else batch
+            x = self._to_device(batch[0] if isinstance(batch, list | tuple) else batch)
+            if transform is not None:
+                x = transform(x)
             with self._autocast():
-                outs.append(self.model(self._to_device(x)).float().cpu())
+                outs.append(model(x).float().cpu())
         return torch.cat(outs)
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable) -> dict:
+        """Cross-entropy loss and accuracy of the evaluation weights over a labelled loader."""
+        logits = self.predict(loader)
+        y = torch.cat([torch.as_tensor(b[1]) for b in loader])
+        return {"val_loss": float(nn.functional.cross_entropy(logits, y)),
+                "val_acc": float((logits.argmax(1) == y).float().mean())}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue training exactly: weights, optimizer, schedule, scaler, EMA, RNG."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+
+
+def _n_correct(out: torch.Tensor, y: torch.Tensor) -> int | None:
+    """Correct top-1 predictions; soft (mixup) targets count their largest class. ``None`` for regression."""
+    if out.ndim != 2 or out.shape[1] < 2:
+        return None
+    target = y.argmax(1) if y.ndim == 2 else y
+    if target.dtype.is_floating_point:
+        return None
+    return int((out.argmax(1) == target).sum())
+
+
+def _progress(loader: Iterable, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)

@@ -1,0 +1,528 @@
+"""Classify Leaves: fine-tune a pretrained backbone with stratified K-fold CV, TTA and a validated submission.
+
+The recipe: load (CSV + images, decoded once) -> stratified folds (the shared splitter) -> fit per fold
+(the shared training loop: augmentation, mixup/cutmix, EMA, warmup+cosine, early stopping, a
+checkpoint every epoch) -> predict with test-time flips, averaging probabilities over views and folds ->
+write (the shared writer: submission, run record, OOF probabilities, curves and confusion matrix).
+
+Works on any folder in the Kaggle layout (``images/``, ``train.csv`` with ``image,label``, ``test.csv``
+with ``image``). Without ``--data-dir`` it uses ``data/classify-leaves/``, else downloads it when Kaggle
+credentials are set up, else generates a synthetic leaf set (``pipelines.leafgen``).
+Under ``torchrun`` every rank trains its shard (DDP) and rank 0 writes all files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import PipelineError
+from pipelines.records import REPO_ROOT, dumps
+
+COMPETITION = "classify-leaves"
+DEFAULT_DATA = REPO_ROOT / "data" / "classify-leaves"
+
+
+@dataclass
+class LeavesConfig:
+    """Every setting of a run; CLI flags override the defaults and the resolved config is saved."""
+
+    data_dir: str | None = None
+    model: str = "tf_efficientnet_lite0"
+    pretrained: bool = True  # offline ImageNet weights (models/pretrained.py) when the backbone has them
+    pretrained_file: str | None = None
+    img_size: int | None = None  # None: 224 on CUDA; on CPU 128, never above the images' median side
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.2  # mixup alpha (0 disables)
+    cutmix: float = 1.0  # cutmix alpha (0 disables)
+    mix_prob: float = 0.3  # share of batches mixed
+    auto_augment: str = "trivial"
+    crop_scale: float = 0.5  # smallest area share kept by the random resized crop
+    ema_decay: float = 0.995  # 0 disables the EMA of weights
+    patience: int = 3  # early stopping on validation accuracy (0 disables)
+    folds: int = 3
+    fold: int | None = None  # train only this fold
+    tta: int = 2  # test-time views: 1 none, 2 + horizontal flip, 3 + vertical flip, 4 + both
+    workers: int = -1  # -1: 0 on small CPUs, else up to 8
+    compile: bool = False
+    progress: bool = True
+    seed: int = 0
+    out_dir: str = "submissions"
+    runs_dir: str = "runs"
+    resume: str | None = None
+    synthetic_species: int = 10
+    synthetic_train: int = 640
+    synthetic_test: int = 160
+    synthetic_size: int = 96
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = LeavesConfig()
+    a = parser.add_argument
+    a("--data-dir", help="folder in the Kaggle layout (default: data/classify-leaves, Kaggle, or synthetic)")
+    a("--model", default=d.model, help=f"models/ or timm backbone name (default {d.model})")
+    a("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch")
+    a("--pretrained-file", help="local weights (.pth/.safetensors) to start from")
+    a("--img-size", type=int, help="training resolution (default: 224 on CUDA, <=128 on CPU)")
+    for name in ("epochs", "batch_size", "patience", "folds", "tta", "workers"):
+        a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup", "cutmix",
+                 "mix_prob", "crop_scale", "ema_decay"):
+        a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
+    a("--fold", type=int, help="train only this fold")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    a("--runs-dir", default=d.runs_dir, help="checkpoints go to RUNS_DIR/leaves/<run> (default runs)")
+    a("--resume", help="continue a killed run: its name under RUNS_DIR/leaves, or its folder")
+    for name in ("species", "train", "test", "size"):
+        a(f"--synthetic-{name}", type=int, default=getattr(d, f"synthetic_{name}"), help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> LeavesConfig:
+    fields = {f.name for f in dataclasses.fields(LeavesConfig)}
+    return LeavesConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class LeafData:
+    """The training and test tables, the decoded images and the encoded labels."""
+
+    root: Path
+    source: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    classes: list[str]
+    y: np.ndarray
+    train_images: list
+    test_images: list
+    img_size: int
+
+
+def kaggle_configured() -> bool:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
+
+
+def download_kaggle(dest: Path) -> Path:
+    """Download and unzip the competition with the kaggle client (needs accepted rules)."""
+    import zipfile
+
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        dest.mkdir(parents=True, exist_ok=True)
+        api.competition_download_files(COMPETITION, path=str(dest), quiet=False)
+    except Exception as err:  # noqa: BLE001 - any client or network failure is one line for the user
+        raise PipelineError(f"kaggle download of {COMPETITION} failed: {err}") from err
+    for archive in dest.glob("*.zip"):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)
+        archive.unlink()
+    return dest
+
+
+def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
+    """The folder to read and where it came from: given, local, kaggle or synthetic."""
+    if cfg.data_dir:
+        root = Path(cfg.data_dir)
+        if not root.is_dir():
+            raise PipelineError(f"--data-dir not found: {root}")
+        return root, "given"
+    if (DEFAULT_DATA / "train.csv").is_file():
+        return DEFAULT_DATA, "local"
+    if kaggle_configured():
+        return download_kaggle(DEFAULT_DATA), "kaggle"
+    from pipelines.leafgen import generate_leaves
+
+    n = (cfg.synthetic_species, cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_size)
+    root = REPO_ROOT / "cache" / "synthetic-leaves" / f"s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed{cfg.seed}"
+    say(f"no data/classify-leaves/ and no Kaggle credentials: using a synthetic leaf set ({n[0]} species, "
+        f"{n[1]} train / {n[2]} test images, {n[3]} px) in {root.relative_to(REPO_ROOT)}")
+    if not (root / ".complete").exists():
+        generate_leaves(root, n_species=n[0], n_train=n[1], n_test=n[2], size=n[3], seed=cfg.seed)
+        (root / ".complete").touch()
+    return root, "synthetic"
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise PipelineError(f"{path.name} not found in {path.parent}")
+    try:
+        frame = pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError as err:
+        raise PipelineError(f"{path} is empty") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path.name} has no column {missing[0]!r} (columns: {', '.join(frame.columns)})")
+    if frame.empty:
+        raise PipelineError(f"{path} has no rows")
+    blank = frame[columns].isna().any(axis=1)
+    if blank.any():
+        raise PipelineError(f"{path.name} row {int(np.flatnonzero(blank)[0]) + 2} has an empty {columns} value")
+    return frame
+
+
+def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> int:
+    if cfg.img_size:
+        return cfg.img_size
+    if device.type == "cuda":
+        return 224
+    from features.images import median_side
+
+    return max(32, min(128, median_side(paths) // 32 * 32))
+
+
+def load_data(cfg: LeavesConfig, device) -> LeafData:
+    """Read both tables, check them, encode labels and decode every image once."""
+    from features.images import load_images
+
+    root, source = resolve_data_dir(cfg)
+    train = read_table(root / "train.csv", ["image", "label"])
+    test = read_table(root / "test.csv", ["image"])
+    classes = sorted(train["label"].unique())
+    if len(classes) < 2:
+        raise PipelineError(f"train.csv has a single label {classes[0]!r}; nothing to classify")
+    y = np.searchsorted(classes, train["label"].to_numpy())
+    counts = np.bincount(y, minlength=len(classes))
+    if counts.min() < cfg.folds:
+        rare = classes[int(counts.argmin())]
+        raise PipelineError(f"label {rare!r} has {counts.min()} images, fewer than --folds {cfg.folds}")
+    train_paths = [root / p for p in train["image"]]
+    test_paths = [root / p for p in test["image"]]
+    size = auto_img_size(cfg, train_paths, device)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    return LeafData(root, source, train, test, classes, y, load_images(train_paths, size, workers),
+                    load_images(test_paths, size, workers), size)
+
+
+# -------------------------------------------------------------------------------------------- one fold
+def make_loader(dataset, cfg: LeavesConfig, *, train: bool, seed: int, device):
+    from torch.utils.data import DataLoader
+
+    from features.images import SeededSampler
+    from pipelines.training import world
+
+    rank, world_size = world()
+    workers = cfg.workers
+    if workers < 0:  # decoding is done; on 2 cores workers would only compete with the network for the CPU
+        cpus = os.cpu_count() or 1
+        workers = min(8, cpus // world_size - 1) if device.type == "cuda" or cpus > 4 else 0
+    common = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+    if not train:
+        return DataLoader(dataset, batch_size=cfg.batch_size * 2, shuffle=False, **common)
+    drop_last = len(dataset) // world_size >= 2 * cfg.batch_size
+    sampler = SeededSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size,
+                            drop_last=drop_last)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
+
+
+class MixHook:
+    """timm's Mixup/CutMix as the trainer's ``batch_hook`` (odd batches lose their last sample)."""
+
+    def __init__(self, mixup):
+        self.mixup = mixup
+
+    def __call__(self, x, y):
+        if len(x) % 2:
+            x, y = x[:-1], y[:-1]
+        return self.mixup(x, y)
+
+
+def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device):
+    """Backbone (offline pretrained), AdamW, warmup+cosine, mixup/cutmix, label smoothing, EMA."""
+    import torch
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    from models.pretrained import create_backbone
+    from pipelines.training import Trainer, warmup_cosine
+
+    model = create_backbone(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
+    hook = None
+    if cfg.mix_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
+        hook = MixHook(Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                             label_smoothing=cfg.label_smoothing, num_classes=n_classes))
+        loss_fn = SoftTargetCrossEntropy()
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    return Trainer(model, optimizer, loss_fn, scheduler=scheduler, device=device, grad_clip=cfg.grad_clip,
+                   channels_last=True, batch_hook=hook, ema=ema, progress=cfg.progress, compile=cfg.compile)
+
+
+def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device) -> dict:
+    """Train one fold (resuming from its last checkpoint), reload its best weights, predict with TTA."""
+    import torch
+
+    from features.images import ImageDataset, eval_transform, train_transform, tta_views
+    from models.pretrained import input_stats
+    from pipelines.checkpoint import EarlyStopping, load_checkpoint, save_checkpoint
+    from pipelines.seed import set_seed
+    from pipelines.training import broadcast_value, is_main_process
+
+    set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
+    fold_dir = run_dir / f"fold{fold}"
+    train_set = [data.train_images[i] for i in train_idx]
+    n_train_batches = _n_batches(len(train_set), cfg)
+    trainer = build_trainer(cfg, len(data.classes), n_train_batches, device)
+    mean, std = input_stats(trainer.module)
+    evaluate = eval_transform(data.img_size, mean, std)
+    train_loader = make_loader(
+        ImageDataset(train_set, data.y[train_idx],
+                     train_transform(data.img_size, mean, std, auto_augment=cfg.auto_augment,
+                                     scale=(cfg.crop_scale, 1.0))),
+        cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
+    valid_loader = make_loader(ImageDataset([data.train_images[i] for i in valid_idx], data.y[valid_idx], evaluate),
+                               cfg, train=False, seed=0, device=device)
+    test_loader = make_loader(ImageDataset(data.test_images, None, evaluate), cfg, train=False, seed=0,
+                              device=device)
+
+    stopper, history = EarlyStopping(cfg.patience, mode="max"), []
+    last, best = fold_dir / "last.pt", fold_dir / "best.pt"
+    if last.exists():
+        state = load_checkpoint(last)
+        trainer.load_state_dict(state["trainer"])
+        stopper.load_state_dict(state["early_stopping"])
+        history = state["history"]
+        trainer.should_stop = state["finished"]
+        say(f"fold {fold}: resumed after epoch {trainer.epoch}")
+
+    def on_epoch_end(tr, stats):
+        metrics = tr.evaluate(valid_loader)
+        improved = stopper.step(broadcast_value(metrics["val_acc"]))
+        tr.should_stop = stopper.should_stop
+        history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
+        say(f"fold {fold} epoch {tr.epoch}/{cfg.epochs}: loss {stats['loss']:.3f} acc {stats.get('acc', 0):.3f} "
+            f"val_loss {metrics['val_loss']:.3f} val_acc {metrics['val_acc']:.4f} "
+            f"({stats['samples_per_s']:.0f} img/s)")
+        if is_main_process():
+            if improved:
+                save_checkpoint(best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
+                                       "val_acc": metrics["val_acc"], "classes": data.classes})
+            save_checkpoint(last, {"trainer": tr.state_dict(), "early_stopping": stopper.state_dict(),
+                                   "history": history, "finished": tr.should_stop or tr.epoch >= cfg.epochs})
+        _barrier()
+
+    trainer.add_callback("on_epoch_end", on_epoch_end)
+    start = time.perf_counter()
+    trainer.fit(train_loader, cfg.epochs - trainer.epoch)
+    train_seconds = time.perf_counter() - start
+    _barrier()
+    trainer.eval_model.load_state_dict(load_checkpoint(best)["model"])
+
+    def tta_probs(loader) -> np.ndarray:
+        views = [trainer.predict(loader, transform=v).softmax(1) for v in tta_views(cfg.tta)]
+        return torch.stack(views).mean(0).numpy()
+
+    return {"valid": tta_probs(valid_loader), "test": tta_probs(test_loader), "history": history,
+            "train_seconds": train_seconds, "best_epoch": stopper.best_epoch + 1}
+
+
+def _n_batches(n: int, cfg: LeavesConfig) -> int:
+    from pipelines.training import world
+
+    per_rank = -(-n // world()[1])
+    return per_rank // cfg.batch_size if per_rank >= 2 * cfg.batch_size else -(-per_rank // cfg.batch_size)
+
+
+def _barrier() -> None:
+    from pipelines.training import world
+
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------- output
+def curves_figure(histories: dict[int, list[dict]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for fold, hist in histories.items():
+        epochs = [h["epoch"] for h in hist]
+        (line,) = ax_loss.plot(epochs, [h["loss"] for h in hist], label=f"fold {fold} train")
+        ax_loss.plot(epochs, [h["val_loss"] for h in hist], "--", color=line.get_color(), label=f"fold {fold} valid")
+        ax_acc.plot(epochs, [h.get("acc", np.nan) for h in hist], color=line.get_color(), label=f"fold {fold} train")
+        ax_acc.plot(epochs, [h["val_acc"] for h in hist], "--", color=line.get_color(), label=f"fold {fold} valid")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=7)
+    fig.suptitle("learning curves (train with augmentation/mixup; valid with EMA weights)")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
+    side = min(20, 3 + 0.4 * len(classes))
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(cm, cmap="Blues")
+    if len(classes) <= 30:
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        for (i, j), v in np.ndenumerate(cm):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
+                        color="white" if v > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("out-of-fold confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def say(message: str) -> None:
+    from pipelines.training import is_main_process
+
+    if is_main_process():
+        print(message, flush=True)
+
+
+def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
+    """A new run folder (config saved), or the one ``--resume`` names with its saved config."""
+    base = Path(cfg.runs_dir) / "leaves"
+    if cfg.resume:
+        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else base / cfg.resume
+        if not (run_dir / "config.json").is_file():
+            raise PipelineError(f"--resume: no run at {run_dir} (expected a config.json there)")
+        saved = json.loads((run_dir / "config.json").read_text())
+        keep = {"progress": cfg.progress, "workers": cfg.workers, "resume": cfg.resume}
+        return LeavesConfig(**{**saved, **keep}), run_dir
+    from pipelines.training import is_main_process, world
+
+    names = [None]
+    if is_main_process():  # rank 0 claims a fresh folder; the other ranks learn its name
+        stem = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}_{cfg.model}_seed{cfg.seed}"
+        base.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            try:
+                (base / (stem if n == 1 else f"{stem}-{n}")).mkdir()
+            except FileExistsError:
+                continue
+            names[0] = stem if n == 1 else f"{stem}-{n}"
+            break
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(names, src=0)
+    return cfg, base / names[0]
+
+
+# ------------------------------------------------------------------------------------------------ main
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    return run_config(cfg)
+
+
+def run_config(cfg: LeavesConfig) -> int:
+    from pipelines.cv import cross_validate, make_folds
+    from pipelines.seed import set_seed
+    from pipelines.training import default_device, init_distributed, is_main_process, world
+    from submissions.writer import SubmissionSpec, write_run
+
+    t0 = time.perf_counter()
+    init_distributed()
+    cfg, run_dir = open_run_dir(cfg)
+    set_seed(cfg.seed)
+    device = default_device()
+    if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
+        raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
+    data = load_data(cfg, device)
+    load_seconds = time.perf_counter() - t0
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(dumps(dataclasses.asdict(cfg)))
+        (run_dir / "classes.json").write_text(dumps({"classes": data.classes}))
+    say(f"{len(data.train)} train / {len(data.test)} test images, {len(data.classes)} classes, "
+        f"{data.img_size} px, {cfg.model} on {device} x{world()[1]}; run {run_dir}")
+
+    folds = make_folds(data.y, cfg.folds, strategy="stratified", seed=cfg.seed)
+    fold_info: dict[int, dict] = {}
+
+    def fit_predict(train_idx, valid_idx, fold):
+        info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
+        fold_info[fold] = info
+        say(f"fold {fold}: accuracy {np.mean(info['valid'].argmax(1) == data.y[valid_idx]):.4f} "
+            f"(best epoch {info['best_epoch']}, {info['train_seconds']:.0f} s training)")
+        return info["valid"], info["test"]
+
+    result = cross_validate(fit_predict, folds, data.y, accuracy,
+                            only_folds=None if cfg.fold is None else [cfg.fold])
+    trained = np.isin(folds, sorted(fold_info))
+    say("fold accuracies: " + ", ".join(f"{k}: {s:.4f}" for k, s in zip(sorted(fold_info), result.fold_scores,
+                                                                         strict=True)))
+    say(f"cv accuracy: {result.mean:.4f} +- {result.std:.4f}")
+    if not is_main_process():
+        return 0
+
+    classes = np.asarray(data.classes)
+    submission = pd.DataFrame({"image": data.test["image"], "label": classes[result.test.argmax(1)]})
+    spec = SubmissionSpec(COMPETITION, ["image", "label"], ids=data.test["image"], labels=set(data.classes),
+                          numeric=False)
+    oof = pd.DataFrame({"image": data.train["image"], "fold": folds, "label": data.train["label"]})[trained]
+    oof["pred"] = classes[result.oof[trained].argmax(1)]
+    probs = pd.DataFrame(result.oof[trained], columns=[f"p_{c}" for c in data.classes], index=oof.index)
+    oof = pd.concat([oof, probs], axis=1)
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "seed": cfg.seed,
+        "data": {"dir": str(data.root), "source": data.source, "n_train": len(data.train),
+                 "n_test": len(data.test), "img_size": data.img_size},
+        "classes": data.classes,
+        "folds": folds,
+        "trained_folds": sorted(fold_info),
+        "fold_scores": result.fold_scores,
+        "cv_std": result.std,
+        "fold_best_epochs": {k: v["best_epoch"] for k, v in fold_info.items()},
+        "history": {k: v["history"] for k, v in fold_info.items()},
+        "timings": {"load_s": load_seconds, "fold_s": result.fold_seconds,
+                    "total_s": time.perf_counter() - t0},
+        "device": str(device),
+        "world_size": world()[1],
+        "run_dir": str(run_dir),
+    }
+    figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
+               "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}
+    files = write_run(submission, spec, out_dir=cfg.out_dir, preset=cfg.model, cv_score=result.mean,
+                      record=record, oof=oof, figures=figures)
+    print(f"submission: {files.submission}", flush=True)
+    return 0
+
+
+def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean(np.asarray(probs).argmax(1) == np.asarray(y_true)))
