@@ -1,0 +1,233 @@
+"""``python -m pipelines runs``: a leaderboard of every run on disk, best CV first.
+
+The run records are the only source: a run is a ``<stem>.json`` written by ``submissions.writer.write_run``
+beside its ``<stem>.csv``. The table is printed and also written as CSV (a derived view, regenerated on
+every call, so it is the one file under ``out_dir`` that is overwritten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+SUFFIXES = (".json", ".csv", "_oof.csv")
+COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path")
+
+
+@dataclass
+class Run:
+    """One run record on disk."""
+
+    path: Path  # the record .json
+    record: dict
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def competition(self) -> str:
+        return self.record["competition"]
+
+    @property
+    def submission(self) -> Path:
+        return self.path.with_name(self.record["files"]["submission"])
+
+    @property
+    def oof(self) -> Path | None:
+        name = self.record["files"].get("oof")
+        return self.path.with_name(name) if name else None
+
+    @property
+    def cv_mean(self) -> float:
+        return float(self.record.get("cv_mean", self.record.get("cv", math.nan)))
+
+    @property
+    def cv_std(self) -> float:
+        return float(self.record.get("cv_std", math.nan))
+
+    @property
+    def fold_ids(self) -> list | None:
+        folds = self.record.get("folds")  # house prices: {"ids": [...]}; leaves: the list itself
+        return folds.get("ids") if isinstance(folds, dict) else folds
+
+
+def is_record(data: object) -> bool:
+    return isinstance(data, dict) and "competition" in data and isinstance(data.get("files"), dict) \
+        and "submission" in data["files"]
+
+
+def read_run(path: Path) -> Run:
+    """The run whose record is ``path``; a one-line error when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: not a readable run record ({type(err).__name__})") from err
+    if not is_record(data):
+        raise PipelineError(f"{path}: not a run record (no competition/files)")
+    return Run(path, data)
+
+
+def find_run(ref: str, out_dir: str | Path) -> Run:
+    """A run from any of its files, its record, its stem, or a unique stem prefix under ``out_dir``."""
+    path = Path(ref)
+    if path.is_file():
+        name = path.name
+        for suffix in sorted(SUFFIXES, key=len, reverse=True):
+            if name.endswith(suffix):
+                return read_run(path.with_name(name[: -len(suffix)] + ".json"))
+        if "_" in path.stem and path.suffix == ".png":  # a figure: <stem>_<fig>.png
+            return read_run(path.with_name(path.stem.rsplit("_", 1)[0] + ".json"))
+        raise PipelineError(f"{ref}: not a run file (.json, .csv or _oof.csv)")
+    matches = sorted(p for p in Path(out_dir).glob(f"*/{path.name}*.json") if p.stem.startswith(path.name))
+    exact = [p for p in matches if p.stem == path.name]
+    if exact or len(matches) == 1:
+        return read_run((exact or matches)[0])
+    if not matches:
+        raise PipelineError(f"no run {ref!r}: not a file, nor a run stem under {out_dir}")
+    raise PipelineError(f"{ref!r} matches {len(matches)} runs under {out_dir}, e.g. {matches[0].stem}; be more precise")
+
+
+def load_runs(out_dir: str | Path, competition: str | None = None) -> list[Run]:
+    """Every run record under ``out_dir`` (optionally one competition); unreadable JSON is skipped, said once."""
+    root = Path(out_dir)
+    folders = [root / competition] if competition else sorted(p for p in root.glob("*") if p.is_dir())
+    runs = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                print(f"warning: {path}: unreadable JSON, skipped", file=sys.stderr)
+                continue
+            if is_record(data):
+                runs.append(Run(path, data))
+    return runs
+
+
+def _models(record: dict) -> str:
+    weights = record.get("blend_weights")
+    if isinstance(weights, dict) and weights:
+        return "+".join(n for n, w in weights.items() if w > 1e-6) or "-"
+    config = record.get("config") or {}
+    return str(config.get("model") or ",".join(config.get("models") or []) or "-")
+
+
+def _wall(record: dict) -> float:
+    timings = record.get("timings") or {}
+    for key in ("total_seconds", "total_s"):
+        if key in timings:
+            return float(timings[key])
+    return math.nan
+
+
+def row(run: Run, relative_to: Path | None = None) -> dict:
+    """One leaderboard row: the CSV's and the table's fields."""
+    subs = run.record.get("submissions") or []
+    scores = [s["public_score"] for s in subs if s.get("public_score") is not None]
+    path = run.submission
+    if relative_to is not None and path.resolve().is_relative_to(relative_to.resolve()):
+        path = path.resolve().relative_to(relative_to.resolve())
+    return {
+        "time": run.record.get("created_utc", ""),
+        "preset": run.record.get("preset", ""),
+        "models": _models(run.record),
+        "cv_mean": run.cv_mean,
+        "cv_std": run.cv_std,
+        "wall_s": _wall(run.record),
+        "submitted": len(subs),
+        "public_score": scores[-1] if scores else None,
+        "path": str(path),
+    }
+
+
+def leaderboard(runs: list[Run], greater_is_better: bool = False) -> list[dict]:
+    """Rows sorted best CV first; runs without a CV last."""
+    rows = [row(r, Path.cwd()) for r in runs]
+
+    def key(r: dict) -> tuple:
+        cv = r["cv_mean"]
+        missing = cv is None or math.isnan(cv)
+        return (missing, 0.0 if missing else (-cv if greater_is_better else cv), r["time"])
+
+    return sorted(rows, key=key)
+
+
+def _fmt(value, digits: int = 5) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    header = ["#", "time (UTC)", "preset", "models", f"CV {metric}", "wall", "sub", "public", "path"]
+    body = [[str(i + 1), r["time"].replace("+00:00", ""), r["preset"], r["models"],
+             f"{_fmt(r['cv_mean'])} ± {_fmt(r['cv_std'])}", f"{_fmt(r['wall_s'], 1)}s",
+             "yes" if r["submitted"] else "no", _fmt(r["public_score"]), r["path"]] for i, r in enumerate(rows)]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+             for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path | None) -> None:
+    """The rows as CSV to ``path`` (``None``: stdout)."""
+    fh = sys.stdout if path is None else open(path, "w", newline="")  # noqa: SIM115 - stdout is not ours to close
+    try:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    finally:
+        if path is not None:
+            fh.close()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--competition", default=None,
+                        help="one competition folder under --out-dir (default: every competition found)")
+    parser.add_argument("--csv", default=None,
+                        help="where to write the CSV ('-' for stdout; default <out-dir>/<competition>/runs.csv)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from submissions.competitions import ALIASES, get_competition
+
+    out_dir = Path(args.out_dir)
+    if args.competition:
+        names = [ALIASES.get(args.competition, args.competition)]
+    else:
+        names = sorted({r.competition for r in load_runs(out_dir)})
+    if not names:
+        raise PipelineError(f"no runs under {out_dir}: run a pipeline first, e.g. `make house-prices`")
+    if args.csv and args.csv != "-" and len(names) > 1:
+        raise PipelineError(f"--csv {args.csv} with {len(names)} competitions: add --competition")
+    for i, name in enumerate(names):
+        runs = load_runs(out_dir, name)
+        if not runs:
+            raise PipelineError(f"no {name} runs under {out_dir / name}")
+        try:
+            comp = get_competition(name)
+            metric, greater = comp.metric, comp.greater_is_better
+        except PipelineError:
+            metric, greater = runs[0].record.get("metric", "cv"), False
+        rows = leaderboard(runs, greater)
+        if args.csv == "-":
+            write_csv(rows, None)
+            continue
+        csv_path = Path(args.csv) if args.csv else out_dir / name / "runs.csv"
+        write_csv(rows, csv_path)
+        if i:
+            print()
+        print(f"{name}: {len(rows)} runs, best {'highest' if greater else 'lowest'} {metric} first")
+        print(format_table(rows, metric))
+        print(f"csv: {csv_path}")
+    return 0

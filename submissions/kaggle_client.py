@@ -1,0 +1,265 @@
+"""The one door to Kaggle: find credentials the way the installed client (kaggle 2.x) does, call it, and
+turn every failure into one ``PipelineError`` line.
+
+Why not just ``import kaggle``? Importing the package authenticates at import time: with no credentials
+it prints a page of help and swallows a ``SystemExit``; with a token it calls the network. And
+``KaggleApi.authenticate()`` itself calls ``exit(1)``. So we look for credentials ourselves first (to say
+exactly how to set one up), import the client with its output captured, and catch ``SystemExit`` too.
+
+Secrets never leave this module: ``Credentials`` keeps them out of its ``repr``, messages are scrubbed
+of every secret value before they are raised, and the client's own printing is captured and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import PipelineError
+
+TOKEN_URL = "https://www.kaggle.com/settings/api"
+SETUP_HELP = (
+    f"no Kaggle credentials found: create an API token at {TOKEN_URL} ('Generate New Token'), then either "
+    "`export KAGGLE_API_TOKEN=<token>` or save it to ~/.kaggle/access_token and `chmod 600` it "
+    "(legacy: ~/.kaggle/kaggle.json with username and key, or KAGGLE_USERNAME and KAGGLE_KEY)"
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Which credentials the client will use and where they came from; the secrets are never shown."""
+
+    method: str  # e.g. "KAGGLE_API_TOKEN", "~/.kaggle/access_token", "kaggle.json", "KAGGLE_USERNAME/KAGGLE_KEY"
+    source: str  # an env variable name or a file path: safe to print
+    warnings: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def describe(self) -> str:
+        return self.method if self.method == self.source else f"{self.method} ({self.source})"
+
+
+def config_dir(environ: dict[str, str] | None = None) -> Path:
+    """Where the client looks for ``kaggle.json``: ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, else XDG."""
+    env = os.environ if environ is None else environ
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return Path(env["KAGGLE_CONFIG_DIR"])
+    home = Path(os.path.expanduser("~"))
+    legacy = home / ".kaggle"
+    if sys.platform.startswith("linux") and not legacy.exists():
+        return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    return legacy
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def _too_open(path: Path) -> str | None:
+    if os.name == "nt":
+        return None
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return f"{path} is readable by other users (mode {stat.S_IMODE(mode):o}): run `chmod 600 {path}`"
+    return None
+
+
+def find_credentials(environ: dict[str, str] | None = None) -> Credentials | None:
+    """The credentials kaggle 2.x would use, in its order: access token (env, then file), legacy API key
+    (``kaggle.json`` overridden by ``KAGGLE_USERNAME``/``KAGGLE_KEY``), OAuth from ``kaggle auth login``.
+    """
+    env = os.environ if environ is None else environ
+    home = Path(os.path.expanduser("~"))
+    token = env.get("KAGGLE_API_TOKEN")
+    if token:
+        if Path(token).is_file():
+            path = Path(token)
+            value = _read_token(path)
+            if value:
+                warning = _too_open(path)
+                return Credentials("KAGGLE_API_TOKEN", str(path), (warning,) if warning else (), (value,))
+        else:
+            return Credentials("KAGGLE_API_TOKEN", "KAGGLE_API_TOKEN", (), (token,))
+    for name in ("access_token", "access_token.txt"):
+        path = home / ".kaggle" / name
+        value = _read_token(path)
+        if value:
+            warning = _too_open(path)
+            return Credentials("access_token", str(path), (warning,) if warning else (), (value,))
+
+    legacy: dict[str, Any] = {}
+    warnings: list[str] = []
+    json_path = config_dir(env) / "kaggle.json"
+    if json_path.is_file():
+        warning = _too_open(json_path)
+        if warning:
+            warnings.append(warning)
+        try:
+            legacy = json.loads(json_path.read_text()) or {}
+        except (OSError, ValueError):
+            warnings.append(f"{json_path} is not valid JSON; ignored")
+            legacy = {}
+        if not isinstance(legacy, dict):
+            legacy = {}
+    from_env = [k for k in ("username", "key") if env.get(f"KAGGLE_{k.upper()}")]
+    for k in from_env:
+        legacy[k] = env[f"KAGGLE_{k.upper()}"]
+    if legacy.get("username") and legacy.get("key"):
+        if len(from_env) == 2:
+            return Credentials("KAGGLE_USERNAME/KAGGLE_KEY", "KAGGLE_USERNAME/KAGGLE_KEY", tuple(warnings),
+                               (str(legacy["key"]),))
+        return Credentials("kaggle.json", str(json_path), tuple(warnings), (str(legacy["key"]),))
+
+    oauth = home / ".kaggle" / "credentials.json"
+    if oauth.is_file():
+        try:
+            data = json.loads(oauth.read_text())
+        except (OSError, ValueError):
+            data = {}
+        secrets = tuple(str(v) for k, v in data.items() if isinstance(v, str) and "token" in k.lower()) \
+            if isinstance(data, dict) else ()
+        warning = _too_open(oauth)
+        return Credentials("oauth", str(oauth), (*warnings, *([warning] if warning else [])), secrets)
+    if warnings:  # a kaggle.json without a username or key: say why it did not count
+        raise PipelineError(f"{json_path} has no 'username' and 'key'; {SETUP_HELP}")
+    return None
+
+
+def require_credentials() -> Credentials:
+    """``find_credentials()`` or the one-line setup instructions; warnings go to stderr."""
+    creds = find_credentials()
+    if creds is None:
+        raise PipelineError(SETUP_HELP)
+    for warning in creds.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return creds
+
+
+# ------------------------------------------------------------------------------------ the client call
+def scrub(text: str, creds: Credentials | None) -> str:
+    """``text`` with every secret replaced by ``***`` (belt and braces: the client never prints them)."""
+    for secret in creds.secrets if creds else ():
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err)
+    for marker, short in (("NameResolutionError", "name resolution failed"),
+                          ("Name or service not known", "name resolution failed"),
+                          ("Temporary failure in name resolution", "name resolution failed"),
+                          ("Connection refused", "connection refused"),
+                          ("timed out", "timed out"),
+                          ("Network is unreachable", "network is unreachable")):
+        if marker in text:
+            return short
+    return type(err).__name__
+
+
+def translate(err: BaseException, competition: str, creds: Credentials | None) -> PipelineError:
+    """One line a user can act on, for whatever the client raised."""
+    import requests
+
+    rules = f"https://www.kaggle.com/competitions/{competition}/rules"
+    who = creds.describe() if creds else "the configured credentials"
+    if isinstance(err, SystemExit):  # authenticate() found nothing it accepts
+        if creds and creds.method in ("KAGGLE_API_TOKEN", "access_token"):
+            msg = f"Kaggle did not accept the access token from {who} (invalid or expired): create a new one at " \
+                  f"{TOKEN_URL}"
+        else:
+            msg = SETUP_HELP
+    elif isinstance(err, requests.HTTPError):
+        code = getattr(err.response, "status_code", None)
+        if code == 403:
+            msg = (f"Kaggle refused {competition} with 403 Forbidden: the rules are probably not accepted; "
+                   f"accept them at {rules} (signed in as the account of {who}), then retry")
+        elif code == 401:
+            msg = f"Kaggle rejected the credentials from {who} (401 Unauthorized): create a new token at {TOKEN_URL}"
+        elif code == 404:
+            msg = f"Kaggle has no competition {competition!r} (404 Not Found); check kaggle_competition in the record"
+        elif code == 429:
+            msg = f"Kaggle says too many requests (429) for {competition}: the daily submission limit may be reached"
+        else:
+            first = str(err).splitlines()[0] if str(err) else ""
+            msg = f"Kaggle answered {code} for {competition}: {first}"
+    elif isinstance(err, requests.ConnectionError | requests.Timeout):
+        msg = f"cannot reach Kaggle ({_reason(err)}): check the network, or validate only with --dry-run"
+    elif isinstance(err, ImportError):
+        msg = f"the kaggle client cannot be imported ({err}); run `make setup`"
+    else:
+        first = str(err).splitlines()[0] if str(err) else ""
+        msg = f"kaggle client failed: {type(err).__name__}: {first}"
+    return PipelineError(scrub(msg, creds))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Capture the client's own printing (auth help, progress, permission notes) and drop it."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _api(creds: Credentials):
+    """An authenticated ``KaggleApi`` that reads the config dir of *now* (the class fixes it at import)."""
+    with _quiet():
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        folder = config_dir()
+        api.config_dir = str(folder)
+        api.config = str(folder / "kaggle.json")
+        api.authenticate()
+    return api
+
+
+def _call(creds: Credentials, competition: str, fn):
+    try:
+        with _quiet():
+            return fn(_api(creds))
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - anything the client raises becomes one line
+        raise translate(err, competition, creds) from None
+
+
+def submit(file: str | Path, message: str, competition: str, creds: Credentials) -> dict:
+    """``kaggle competitions submit -c competition -f file -m message`` through the Python API."""
+
+    def send(api):
+        response = api.competition_submit(str(file), message, competition, quiet=True)
+        text = getattr(response, "message", None) or ""
+        if text == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+            raise RuntimeError(text)
+        return {"ref": getattr(response, "ref", None) or None, "message": text}
+
+    return _call(creds, competition, send)
+
+
+def submissions(competition: str, creds: Credentials) -> list[dict]:
+    """Your recent submissions to ``competition``, newest first, as plain dicts (public score as a float)."""
+
+    def fetch(api):
+        rows = []
+        for s in api.competition_submissions(competition) or []:
+            if s is None:
+                continue
+            score = getattr(s, "public_score", None)
+            try:
+                score = float(score) if score not in (None, "") else None
+            except ValueError:
+                score = None
+            rows.append({"ref": getattr(s, "ref", None), "description": getattr(s, "description", None),
+                         "file_name": getattr(s, "file_name", None), "status": str(getattr(s, "status", "")),
+                         "date": str(getattr(s, "date", "")), "public_score": score})
+        return rows
+
+    return _call(creds, competition, fetch)
