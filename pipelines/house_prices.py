@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,11 @@ class HousePricesConfig:
     models: list[str] | None = None  # strong: subset of STRONG_MODELS (default: all)
     params: dict[str, dict] = field(default_factory=dict)  # strong: per-model hyperparameter overrides
     progress: bool = True
+    extra_record: dict = field(default_factory=dict)  # merged into the run record (e.g. tuning study/trial)
+
+
+# ``on_fold_end(model, fold, running_cv)``: called after every fold of every model (tuners report and prune)
+FoldHook = Callable[[str, int, float], None]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -119,8 +125,13 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
     return {"linear": result}
 
 
-def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig) -> dict:
-    """Fit every strong model on the same folds; the preprocessing is fitted once per fold, on its rows."""
+def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig, *,
+               on_fold_end: FoldHook | None = None, feature_cache: dict | None = None) -> dict:
+    """Fit every strong model on the same folds; the preprocessing is fitted once per fold, on its rows.
+
+    ``feature_cache`` keeps the per-fold matrices across calls on the same data and folds (a tuner's
+    trials only change model parameters, so the preprocessing need not be refitted every trial).
+    """
     from pipelines.house_models import STRONG_MODELS, make_model, make_preprocessor
 
     names = cfg.models or list(STRONG_MODELS)
@@ -130,7 +141,7 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     X, X_test = train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])
     y = np.log1p(train[TARGET].to_numpy())
     fit_mask = ~outlier_mask(train)
-    cache: dict = {}
+    cache: dict = {} if feature_cache is None else feature_cache
 
     def features(key, fit_idx: np.ndarray, *predict_frames: pd.DataFrame):
         if key not in cache:
@@ -154,13 +165,19 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
         results[name] = cross_validate(
             fit_predict, folds, y, blending.rmse, fit_mask=fit_mask, score_mask=fit_mask,
             refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
+            on_fold_end=None if on_fold_end is None else (lambda k, mean, name=name: on_fold_end(name, k, mean)),
         )
     return results
 
 
 # ------------------------------------------------------------------------------------------ the run
-def run_pipeline(cfg: HousePricesConfig) -> dict:
-    """Load → folds → CV per model → blend → write. Returns a summary including the written paths."""
+def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: FoldHook | None = None,
+                 feature_cache: dict | None = None) -> dict:
+    """Load → folds → CV per model → blend → write. Returns a summary including the written paths.
+
+    ``write=False`` stops after the CV (a tuning trial's score); ``on_fold_end`` and ``feature_cache``
+    go to ``run_strong`` (strong preset only).
+    """
     if cfg.preset not in PRESETS:
         raise PipelineError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     if cfg.test_pred not in ("refit", "average"):
@@ -176,7 +193,7 @@ def run_pipeline(cfg: HousePricesConfig) -> dict:
         results = run_d2l(train, test, folds, cfg)
         log_space = False
     else:
-        results = run_strong(train, test, folds, cfg)
+        results = run_strong(train, test, folds, cfg, on_fold_end=on_fold_end, feature_cache=feature_cache)
         log_space = True
 
     names = list(results)
@@ -195,6 +212,10 @@ def run_pipeline(cfg: HousePricesConfig) -> dict:
     cv_mean, cv_std = float(np.mean(blend_fold_scores)), float(np.std(blend_fold_scores))
     all_rows = log_rmse(price, blend_oof)
     seconds = time.perf_counter() - start
+    if not write:
+        return {"cv_mean": cv_mean, "cv_std": cv_std, "cv_all_rows": all_rows, "seconds": seconds,
+                "models": {n: {"cv_mean": results[n].mean, "weight": float(w)} for n, w in zip(names, weights,
+                                                                                            strict=True)}}
 
     per_model = {
         n: {"cv_mean": results[n].mean, "cv_std": results[n].std, "fold_scores": results[n].fold_scores,
@@ -220,9 +241,11 @@ def run_pipeline(cfg: HousePricesConfig) -> dict:
         "models": per_model,
         "folds": {"strategy": "binned", "n_splits": cfg.folds, "ids": folds},
         "timings": {"total_seconds": seconds},
+        **cfg.extra_record,
     }
     spec = SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
-    figure = plot_run(per_model, price, blend_oof, scored, f"{cfg.preset}: CV {cv_mean:.4f}")
+    figure = plot_run({**per_model, "blend": {"fold_scores": blend_fold_scores}}, price, blend_oof, scored,
+                      f"{cfg.preset}: CV {cv_mean:.4f}")
     files = write_run(submission, spec, out_dir=cfg.out_dir, preset=cfg.preset, cv_score=cv_mean, record=record,
                       oof=oof_frame, figures={"cv": figure})
     return {"cv_mean": cv_mean, "cv_std": cv_std, "cv_all_rows": all_rows, "models": per_model,
@@ -238,8 +261,9 @@ def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, scored: np.ndarray
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, info in per_model.items():
-        ax1.plot(range(len(info["fold_scores"])), info["fold_scores"], marker="o", label=name)
-    ax1.set(xlabel="fold", ylabel="log-RMSE", title="fold scores")
+        style = {"color": "black", "lw": 2.5} if name == "blend" else {}
+        ax1.plot(range(len(info["fold_scores"])), info["fold_scores"], marker="o", label=name, **style)
+    ax1.set(xlabel="fold", ylabel="log-RMSE", title="fold scores", xticks=range(len(info["fold_scores"])))
     ax1.legend(fontsize=8)
     ax2.scatter(y[scored], oof[scored], s=4, alpha=0.5, label="scored")
     ax2.scatter(y[~scored], oof[~scored], s=20, c="red", label="known outliers")
