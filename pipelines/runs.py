@@ -113,6 +113,9 @@ def load_runs(out_dir: str | Path, competition: str | None = None) -> list[Run]:
 
 
 def _models(record: dict) -> str:
+    inputs = record.get("inputs")
+    if isinstance(inputs, list) and inputs:  # a blend: the presets it blends
+        return "+".join(str(i.get("preset")) for i in inputs if isinstance(i, dict) and i.get("weight", 1) > 1e-6)
     weights = record.get("blend_weights")
     if isinstance(weights, dict) and weights:
         return "+".join(n for n, w in weights.items() if w > 1e-6) or "-"

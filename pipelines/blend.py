@@ -1,0 +1,162 @@
+"""``python -m pipelines blend RUN_A RUN_B ...``: blend finished runs on their out-of-fold predictions.
+
+Weights are non-negative and sum to one (``pipelines.blending.fit_simplex_weights``), fitted in the
+metric's space: for house prices on log predictions against log price, so the blend is a weighted
+geometric mean of the runs' prices. The blend's CV is cross-fitted (``cross_fitted_scores``): the
+weights scored on fold k never saw fold k. Every input is rescored on the very same rows, so the numbers
+side by side are comparable even when the runs' own records scored different rows (d2l scores every
+row; strong leaves the two documented outliers out).
+
+Runs must share the competition, the training ids and the fold of every row; anything else is refused
+with one line. Only house prices for now: a leaves run saves out-of-fold class probabilities but not the
+test probabilities a blended submission would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+
+from pipelines import blending
+from pipelines.errors import PipelineError
+from pipelines.runs import Run, find_run
+
+BLENDABLE = ("house-prices",)
+
+
+def _read(path, what: str) -> pd.DataFrame:
+    if path is None or not path.is_file():
+        raise PipelineError(f"{what} missing: {path}")
+    return pd.read_csv(path)
+
+
+def check_compatible(runs: list[Run]) -> None:
+    """Refuse runs that cannot be blended: fewer than two, repeated, mixed competitions, different folds."""
+    if len(runs) < 2:
+        raise PipelineError("blend needs at least two runs")
+    stems = [r.stem for r in runs]
+    if len(set(stems)) < len(stems):
+        raise PipelineError(f"run {next(s for s in stems if stems.count(s) > 1)} is given twice")
+    competitions = {r.competition for r in runs}
+    if len(competitions) > 1:
+        raise PipelineError(f"runs from different competitions: {', '.join(sorted(competitions))}")
+    if runs[0].competition not in BLENDABLE:
+        raise PipelineError(f"blend supports {', '.join(BLENDABLE)} only for now: {runs[0].competition} runs "
+                            "do not save the test probabilities a blended submission needs")
+    first = runs[0].fold_ids
+    for r in runs[1:]:
+        ids = r.fold_ids
+        if ids is None or first is None or list(ids) != list(first):
+            n = sum(a != b for a, b in zip(first or [], ids or [], strict=False))
+            detail = f"{n} rows in another fold" if ids and first and len(ids) == len(first) else "different rows"
+            raise PipelineError(f"fold ids differ between {runs[0].stem} and {r.stem} ({detail}): "
+                                "rerun with the same --folds and --seed")
+
+
+def blend_house_prices(runs: list[Run]) -> dict:
+    """Fit, score and build everything a blended house-prices run writes. Nothing is written here."""
+    from pipelines.house_prices import ID, TARGET, log_rmse
+
+    oofs = [_read(r.oof, f"{r.stem}: out-of-fold file") for r in runs]
+    subs = [_read(r.submission, f"{r.stem}: submission") for r in runs]
+    base = oofs[0]
+    for r, oof, sub in zip(runs[1:], oofs[1:], subs[1:], strict=True):
+        if not oof[ID].equals(base[ID]) or not oof["fold"].equals(base["fold"]):
+            raise PipelineError(f"out-of-fold rows or folds differ between {runs[0].stem} and {r.stem}")
+        if not sub[ID].equals(subs[0][ID]):
+            raise PipelineError(f"submission ids differ between {runs[0].stem} and {r.stem}")
+    folds = base["fold"].to_numpy()
+    if not np.array_equal(folds, np.asarray(runs[0].fold_ids)):
+        raise PipelineError(f"{runs[0].stem}: the OOF file's folds differ from its record's")
+    price = base[TARGET].to_numpy(float)
+    scored = np.logical_and.reduce([o["scored"].astype(bool).to_numpy() for o in oofs])
+    log_y = np.log(price)
+    log_oof = np.column_stack([np.log(np.clip(o["prediction"].to_numpy(float), 1, None)) for o in oofs])
+    log_test = np.column_stack([np.log(np.clip(s[TARGET].to_numpy(float), 1, None)) for s in subs])
+
+    def fold_scores(pred: np.ndarray) -> list[float]:
+        return [blending.rmse(log_y[(folds == k) & scored], pred[(folds == k) & scored]) for k in np.unique(folds)]
+
+    inputs = []
+    for i, r in enumerate(runs):
+        scores = fold_scores(log_oof[:, i])
+        inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.get("preset"),
+                       "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
+                       "fold_scores": scores})
+    weights = blending.fit_simplex_weights(log_oof[scored], log_y[scored])
+    blend_scores = blending.cross_fitted_scores(log_oof, log_y, folds, mask=scored)
+    blend_oof = np.exp(blending.blend(log_oof, weights))
+    for info, w in zip(inputs, weights, strict=True):
+        info["weight"] = float(w)
+    return {
+        "weights": weights,
+        "inputs": inputs,
+        "fold_scores": blend_scores,
+        "cv_mean": float(np.mean(blend_scores)),
+        "cv_std": float(np.std(blend_scores)),
+        "cv_all_rows": log_rmse(price, blend_oof),
+        "scored_rows": int(scored.sum()),
+        "submission": pd.DataFrame({ID: subs[0][ID].to_numpy(), TARGET: np.exp(blending.blend(log_test, weights))}),
+        "oof": pd.DataFrame({ID: base[ID], "fold": folds, TARGET: price, "prediction": blend_oof, "scored": scored,
+                             **{f"oof_{r.stem}": np.exp(log_oof[:, i]) for i, r in enumerate(runs)}}),
+    }
+
+
+def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
+    """Write the blend as a run of its own through the shared writer (preset ``blend``)."""
+    from submissions.competitions import data_dir_of, kaggle_slug, spec_for
+    from submissions.writer import write_run
+
+    first = runs[0].record
+    record = {
+        "kaggle_competition": kaggle_slug(first),
+        "config": {"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": data_dir_of(first),
+                   "space": "log price", "seed": seed},
+        "seed": seed,
+        "metric": first.get("metric", "log_rmse"),
+        "cv_mean": out["cv_mean"],
+        "cv_std": out["cv_std"],
+        "fold_scores": out["fold_scores"],
+        "cv_all_rows": out["cv_all_rows"],
+        "scored_rows": out["scored_rows"],
+        "inputs": out["inputs"],
+        "blend_weights": {i["run"]: i["weight"] for i in out["inputs"]},
+        "models": {i["run"]: {k: i[k] for k in ("cv_mean", "cv_std", "fold_scores", "weight", "recorded_cv")}
+                   for i in out["inputs"]},
+        "folds": first["folds"],
+        "timings": {"total_seconds": seconds},
+    }
+    spec = spec_for(first)
+    return write_run(out["submission"], spec, out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
+                     record=record, oof=out["oof"])
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="a run's record, submission or OOF file, or its stem (a unique prefix will do)")
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    runs = [find_run(ref, args.out_dir) for ref in args.runs]
+    check_compatible(runs)
+    out = blend_house_prices(runs)
+    metric = runs[0].record.get("metric", "log_rmse")
+    width = max(len(r.stem) for r in runs)
+    print(f"{'run':<{width}}  weight  CV {metric} on the same {out['scored_rows']} rows (recorded)")
+    for info in out["inputs"]:
+        print(f"{info['run']:<{width}}  {info['weight']:.3f}   {info['cv_mean']:.5f} ± {info['cv_std']:.5f}"
+              f"  ({info['recorded_cv']:.5f})")
+    best = min(i["cv_mean"] for i in out["inputs"])
+    print(f"{'blend (cross-fitted)':<{width}}  1.000   {out['cv_mean']:.5f} ± {out['cv_std']:.5f}"
+          f"  ({out['cv_mean'] - best:+.5f} vs the best input)")
+    if out["cv_mean"] > best:
+        best_run = min(out["inputs"], key=lambda i: i["cv_mean"])["run"]
+        print(f"note: the blend does not beat {best_run} on cross-fitted CV; submitting that run is as good")
+    files = write_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
+    print(f"submission: {files.submission}")
+    return 0
