@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup house-prices leaves tune submit runs test test-all lint bench clean
+.PHONY: help setup house-prices leaves tune submit runs blend test test-all lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,17 @@ house-prices: $(STAMP)  ## House Prices, strong preset, 5-fold CV -> submissions
 
 leaves: $(STAMP)  ## Classify Leaves: fine-tune efficientnet-lite0, 3-fold CV + TTA -> submissions/classify-leaves/ (synthetic set if no data)
 	$(PY) -m pipelines leaves $(ARGS)
+
+submit: $(STAMP)  ## validate FILE and send it to Kaggle: make submit FILE=submissions/... MESSAGE="..." (ARGS=--dry-run)
+	@test -n "$(FILE)" || { echo 'usage: make submit FILE=<run>.csv MESSAGE="..." [ARGS=--dry-run]'; exit 2; }
+	$(PY) -m pipelines submit $(FILE) -m "$(MESSAGE)" $(ARGS)
+
+runs: $(STAMP)  ## leaderboard of the runs on disk, best CV first (also written as CSV)
+	$(PY) -m pipelines runs $(ARGS)
+
+blend: $(STAMP)  ## blend runs on their OOF predictions: make blend RUNS="<run> <run> ..."
+	@test -n "$(RUNS)" || { echo 'usage: make blend RUNS="<run> <run> ..."'; exit 2; }
+	$(PY) -m pipelines blend $(RUNS) $(ARGS)
 
 test: $(STAMP)  ## run the test suite (fast; exit 5 "no tests" counts as failure)
 	$(PY) -m pytest
