@@ -36,6 +36,17 @@ blend: $(STAMP)  ## blend runs on their OOF predictions: make blend RUNS="<run> 
 	@test -n "$(RUNS)" || { echo 'usage: make blend RUNS="<run> <run> ..."'; exit 2; }
 	$(PY) -m pipelines blend $(RUNS) $(ARGS)
 
+COMPETITION ?= house-prices
+TRIALS      ?= 20
+WORKERS     ?= 1
+tune: $(STAMP)  ## Optuna study, resumable (COMPETITION=house-prices|leaves TRIALS=20 WORKERS=1 ARGS="--best")
+	$(PY) -m pipelines tune $(COMPETITION) --trials $(TRIALS) --workers $(WORKERS) $(ARGS)
+
+PG_PORT ?= 55432
+postgres: $(STAMP)  ## local PostgreSQL for tuning studies (runs/postgres, PG_PORT=55432); prints its URL
+	.ci/postgres install
+	.ci/postgres start runs/postgres $(PG_PORT)
+
 test: $(STAMP)  ## run the test suite (fast; exit 5 "no tests" counts as failure)
 	$(PY) -m pytest
 
