@@ -2,10 +2,11 @@
 
 Weights are non-negative and sum to one (``pipelines.blending.fit_simplex_weights``), fitted in the
 metric's space: for house prices on log predictions against log price, so the blend is a weighted
-geometric mean of the runs' prices. The blend's CV is cross-fitted (``cross_fitted_scores``): the
-weights scored on fold k never saw fold k. Every input is rescored on the very same rows, so the numbers
-side by side are comparable even when the runs' own records scored different rows (d2l scores every
-row; strong leaves the two documented outliers out).
+geometric mean of the runs' prices. The blend's CV is cross-fitted: the weights scored
+on fold k never saw fold k, and neither did the model weights inside a run that itself blended several
+models (those are refitted from its per-model OOF columns, ``nested_cross_fitted_scores``). Every input
+is rescored the same way on the very same rows, so the numbers side by side are comparable even when
+the runs' own records scored different rows (d2l scores every row; strong leaves out the two outliers).
 
 Runs must share the competition, the training ids and the fold of every row; anything else is refused
 with one line. Only house prices for now: a leaves run saves out-of-fold class probabilities but not the
@@ -56,6 +57,38 @@ def check_compatible(runs: list[Run]) -> None:
                                 "rerun with the same --folds and --seed")
 
 
+def log_columns(oof: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    return np.column_stack([np.log(np.clip(oof[c].to_numpy(float), 1, None)) for c in columns])
+
+
+def base_columns(oof: pd.DataFrame) -> np.ndarray:
+    """A run's honest out-of-fold building blocks, in log space.
+
+    A run that blended several models wrote ``prediction`` with weights fitted on *every* row, so scoring
+    that column is slightly optimistic; its per-model ``oof_*`` columns are truly out-of-fold. A
+    single-model run's ``prediction`` is its one column.
+    """
+    columns = [c for c in oof.columns if c.startswith("oof_")]
+    return log_columns(oof, columns if len(columns) > 1 else ["prediction"])
+
+
+def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
+                               mask: np.ndarray) -> list[float]:
+    """Per-fold score of the blend where neither the runs' own model weights nor the blend's saw that fold.
+
+    ``cross_fitted_scores`` one level deeper: for each held-out fold, every run's inner weights are refitted
+    on the other folds from its base columns, then the blend's weights on the same rows.
+    """
+    scores = []
+    for k in np.unique(folds):
+        fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
+        runs = np.column_stack([blending.blend(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows]))
+                                for b in bases])
+        w = blending.fit_simplex_weights(runs[fit_rows], y[fit_rows])
+        scores.append(blending.rmse(y[score_rows], blending.blend(runs[score_rows], w)))
+    return scores
+
+
 def blend_house_prices(runs: list[Run]) -> dict:
     """Fit, score and build everything a blended house-prices run writes. Nothing is written here."""
     from pipelines.house_prices import ID, TARGET, log_rmse
@@ -74,20 +107,21 @@ def blend_house_prices(runs: list[Run]) -> dict:
     price = base[TARGET].to_numpy(float)
     scored = np.logical_and.reduce([o["scored"].astype(bool).to_numpy() for o in oofs])
     log_y = np.log(price)
-    log_oof = np.column_stack([np.log(np.clip(o["prediction"].to_numpy(float), 1, None)) for o in oofs])
-    log_test = np.column_stack([np.log(np.clip(s[TARGET].to_numpy(float), 1, None)) for s in subs])
+    log_oof = np.column_stack([log_columns(o, ["prediction"]) for o in oofs])  # what the test side matches
+    log_test = np.column_stack([log_columns(s, [TARGET]) for s in subs])
+    bases = [base_columns(o) for o in oofs]
 
     def fold_scores(pred: np.ndarray) -> list[float]:
         return [blending.rmse(log_y[(folds == k) & scored], pred[(folds == k) & scored]) for k in np.unique(folds)]
 
     inputs = []
-    for i, r in enumerate(runs):
-        scores = fold_scores(log_oof[:, i])
+    for r, b in zip(runs, bases, strict=True):
+        scores = blending.cross_fitted_scores(b, log_y, folds, mask=scored) if b.shape[1] > 1 else fold_scores(b[:, 0])
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.get("preset"),
                        "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
     weights = blending.fit_simplex_weights(log_oof[scored], log_y[scored])
-    blend_scores = blending.cross_fitted_scores(log_oof, log_y, folds, mask=scored)
+    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored)
     blend_oof = np.exp(blending.blend(log_oof, weights))
     for info, w in zip(inputs, weights, strict=True):
         info["weight"] = float(w)

@@ -4,19 +4,22 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines.__main__ import main
+from pipelines.blend import nested_cross_fitted_scores
+from pipelines.blending import cross_fitted_scores
 from pipelines.house_prices import HousePricesConfig, run_pipeline
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """Two quick strong runs (one model each) on the same 3 folds: small, fast and different enough."""
+    """Two quick strong runs on the same 3 folds: one model, and two (its own blend is cross-fitted too)."""
     out = tmp_path_factory.mktemp("blend")
-    runs = [run_pipeline(HousePricesConfig(out_dir=str(out), progress=False, folds=3, models=[m]))
-            for m in ("lasso", "svr")]
+    runs = [run_pipeline(HousePricesConfig(out_dir=str(out), progress=False, folds=3, models=m))
+            for m in (["lasso"], ["svr", "ridge"])]
     return out, [r["files"] for r in runs]
 
 
@@ -71,3 +74,18 @@ def test_blend_refuses_missing_oof(two_runs, tmp_path, capsys):
         shutil.copy(f, copy / f.name)
     assert main(["blend", str(files[0].record), str(copy / files[1].record.name)]) == 2
     assert "out-of-fold file missing" in capsys.readouterr().err
+
+
+def test_nested_cross_fitting_matches_the_shared_one_for_single_model_runs():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=300)
+    folds = np.arange(300) % 3
+    mask = np.ones(300, bool)
+    mask[:5] = False
+    a, b = y + rng.normal(0, 0.3, 300), y + rng.normal(0, 0.5, 300)
+    nested = nested_cross_fitted_scores([a[:, None], b[:, None]], y, folds, mask)
+    assert nested == pytest.approx(cross_fitted_scores(np.column_stack([a, b]), y, folds, mask=mask))
+    # a run that blended two models itself: its inner weights are refitted per fold too
+    c = y + rng.normal(0, 0.4, 300)
+    nested = nested_cross_fitted_scores([np.column_stack([a, c]), b[:, None]], y, folds, mask)
+    assert len(nested) == 3 and max(nested) < 0.3
