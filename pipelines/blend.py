@@ -23,7 +23,7 @@ import pandas as pd
 
 from pipelines import blending
 from pipelines.errors import PipelineError
-from pipelines.runs import Run, find_run
+from pipelines.runs import Run, find_run, models_label
 
 BLENDABLE = ("house-prices",)
 
@@ -118,6 +118,7 @@ def blend_house_prices(runs: list[Run]) -> dict:
     for r, b in zip(runs, bases, strict=True):
         scores = blending.cross_fitted_scores(b, log_y, folds, mask=scored) if b.shape[1] > 1 else fold_scores(b[:, 0])
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.get("preset"),
+                       "models": models_label(r.record),
                        "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
     weights = blending.fit_simplex_weights(log_oof[scored], log_y[scored])

@@ -112,10 +112,12 @@ def load_runs(out_dir: str | Path, competition: str | None = None) -> list[Run]:
     return runs
 
 
-def _models(record: dict) -> str:
+def models_label(record: dict) -> str:
+    """What a run fitted, short: its models with non-zero blend weight, its backbone, or its inputs' models."""
     inputs = record.get("inputs")
     if isinstance(inputs, list) and inputs:  # a blend: the presets it blends
-        return "+".join(str(i.get("preset")) for i in inputs if isinstance(i, dict) and i.get("weight", 1) > 1e-6)
+        return "+".join(str(i.get("models") or i.get("preset")) for i in inputs
+                        if isinstance(i, dict) and i.get("weight", 1) > 1e-6)
     weights = record.get("blend_weights")
     if isinstance(weights, dict) and weights:
         return "+".join(n for n, w in weights.items() if w > 1e-6) or "-"
@@ -141,7 +143,7 @@ def row(run: Run, relative_to: Path | None = None) -> dict:
     return {
         "time": run.record.get("created_utc", ""),
         "preset": run.record.get("preset", ""),
-        "models": _models(run.record),
+        "models": models_label(run.record),
         "cv_mean": run.cv_mean,
         "cv_std": run.cv_std,
         "wall_s": _wall(run.record),
