@@ -25,6 +25,7 @@ from pipelines import tuning
 from pipelines.errors import PipelineError
 
 COMPETITIONS = ("house-prices", "leaves")
+_FEATURE_CACHES: dict[tuple, dict] = {}
 
 
 # ---------------------------------------------------------------------------------------- objectives
@@ -48,7 +49,8 @@ class HousePricesObjective:
             raise PipelineError(f"unknown model(s) {unknown}; choose from {', '.join(STRONG_MODELS)}")
         self.base = HousePricesConfig(preset="strong", folds=args.folds or 5, seed=args.seed, data_dir=args.data_dir,
                                       out_dir=args.out_dir, models=models, progress=False)
-        self.feature_cache: dict = {}  # per-fold preprocessing, shared by every trial of this process
+        # per-fold preprocessing depends only on data and folds: shared by every trial (and study) in a process
+        self.feature_cache = _FEATURE_CACHES.setdefault((args.data_dir, self.base.folds, args.seed), {})
 
     @property
     def setup(self) -> dict:

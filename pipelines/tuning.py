@@ -15,6 +15,8 @@ Why these choices:
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -127,12 +129,14 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
     die: its heartbeat goes stale, it is re-enqueued, and whoever is still alive runs it.
     """
     start = time.monotonic()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def guarded(trial: optuna.Trial) -> float:
         earlier = [t for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number]
         if len(earlier) >= n_trials:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"trial {trial.number}: the study already has {n_trials} trials")
+        trial.set_user_attr("worker", worker)  # which machine and process ran it: for 2-worker figures
         return objective(trial)
 
     callbacks = [on_trial_end] if on_trial_end else []
