@@ -12,6 +12,11 @@ import models
 SIZES = (32, 64, 224)
 IMAGE_MODELS = models.list_models(module=("cnn", "rnn"))
 TABULAR_MODELS = models.list_models(module="tabular")
+BIG = {"alexnet", "vgg11"}  # 47M and 129M parameters: their optimizer steps take seconds on CPU
+
+
+def _marked(names: list[str]) -> list:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in names]
 
 
 def min_side(name: str) -> int:
@@ -73,7 +78,7 @@ def _loss_falls(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, ste
     assert after < before - 1e-3, (before, after)
 
 
-@pytest.mark.parametrize("name", IMAGE_MODELS)
+@pytest.mark.parametrize("name", _marked(IMAGE_MODELS))
 def test_a_few_steps_reduce_the_loss(name: str) -> None:
     torch.manual_seed(0)
     side = max(32, min_side(name))
