@@ -166,6 +166,8 @@ def child_argv(args: argparse.Namespace, index: int) -> list[str]:
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
+    for item in getattr(args, "set", None) or []:
+        argv += ["--set", item]
     return argv
 
 
@@ -223,7 +225,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--folds", type=int, default=None, help="CV folds (default: the pipeline's)")
     a("--data-dir", default=None, help="competition folder (default: the pipeline's)")
     a("--models", default=None, help="house-prices: comma-separated strong models to tune (default all)")
-    a("--epochs", type=int, default=None, help="leaves: epochs per fold (default: a short tuning budget)")
+    a("--epochs", type=int, default=None, help="leaves: epochs per fold (default 3, a short tuning budget)")
+    a("--set", action="append", metavar="KEY=VALUE",
+      help="leaves: fix a LeavesConfig field for every trial, e.g. --set model=resnet18 (repeatable)")
     a("--heartbeat-interval", type=int, default=10, help="seconds between a running trial's heartbeats")
     a("--grace-period", type=int, default=30, help="a trial silent this long is failed and retried")
     a("--worker-index", type=int, default=0, help=argparse.SUPPRESS)

@@ -183,3 +183,25 @@ def test_sigkill_mid_trial_then_resume(postgres_url: str, tmp_path: Path) -> Non
     assert_exact(study, 6)
     assert study.best_value <= best_before
 
+
+
+# ------------------------------------------------------------------------------------------- leaves
+def test_tune_leaves_tiny_study_and_best(tmp_path: Path, capsys) -> None:
+    """One trial of the leaves recipe on a tiny synthetic set; --best writes the run and names the trial."""
+    from pipelines.leafgen import generate_leaves
+
+    data = generate_leaves(tmp_path / "data", n_species=3, n_train=24, n_test=6, size=32, seed=1)
+    url = f"sqlite:///{tmp_path / 'leaves.db'}"
+    argv = ["tune", "leaves", "--trials", "1", "--study", "leaves", "--storage", url, "--folds", "2", "--epochs", "1",
+            "--data-dir", str(data), "--runs-dir", str(tmp_path), "--out-dir", str(tmp_path / "subs"), "--no-plots",
+            "--best", "--set", "model=test_efficientnet", "--set", "pretrained=false", "--set", "batch_size=8",
+            "--set", "img_size=32", "--set", "progress=false"]
+    assert main(argv) == 0
+    study = load("leaves", url)
+    assert_exact(study, 1)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert list(study.trials[0].intermediate_values) == [0, 1]  # running accuracy after each fold
+    submission = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("submission: "))
+    tuning_record = json.loads(submission.with_name(submission.stem + "_tuning.json").read_text())
+    assert tuning_record["study"] == "leaves" and tuning_record["trial"] == 0
+    assert not (tmp_path / "tune" / "leaves" / "trials" / "trial0").exists()  # trial checkpoints cleaned up

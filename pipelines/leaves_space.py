@@ -1,0 +1,135 @@
+"""Classify Leaves tuning: the search space over ``LeavesConfig`` and the objective ``tune leaves`` runs.
+
+Kept beside ``pipelines/leaves.py`` (whose owner changes it often) and built only on its public pieces:
+``load_data`` once per process, then per trial the shared fold splitter and CV driver around
+``fit_fold``. The value is the CV accuracy. The running accuracy is reported after every fold; a
+per-epoch report needs an epoch hook in ``leaves.fit_fold`` (not there yet), so pruning is per fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+
+from pipelines.errors import PipelineError
+
+# name in the study -> (LeavesConfig field, suggest) ; ranges around the preset's fine-tuning defaults
+SEARCH_SPACE: Callable[[optuna.Trial], dict] = lambda t: {  # noqa: E731
+    "lr": t.suggest_float("lr", 1e-4, 3e-3, log=True),
+    "weight_decay": t.suggest_float("weight_decay", 1e-3, 0.1, log=True),
+    "label_smoothing": t.suggest_float("label_smoothing", 0.0, 0.2),
+    "mix_prob": t.suggest_float("mix_prob", 0.0, 0.6),
+    "crop_scale": t.suggest_float("crop_scale", 0.3, 0.9),
+}
+
+
+def parse_overrides(items: list[str] | None, cls) -> dict:
+    """``--set KEY=VALUE`` pairs converted to the dataclass field's type (bool accepts true/false/1/0)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.replace("-", "_")
+        if not sep or key not in fields:
+            raise PipelineError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1")
+            elif isinstance(current, int):
+                value = int(raw)
+            elif isinstance(current, float):
+                value = float(raw)
+            elif current is None and raw.lstrip("-").isdigit():
+                value = int(raw)
+            else:
+                value = None if raw.lower() == "none" else raw
+        except ValueError:
+            raise PipelineError(f"--set {item!r}: {raw!r} is not a valid {type(current).__name__}") from None
+        out[key] = value
+    return out
+
+
+class LeavesObjective:
+    """One trial = the leaves recipe with the trial's hyperparameters, K-fold CV accuracy (maximized)."""
+
+    direction = "maximize"
+
+    def __init__(self, args: argparse.Namespace):
+        from pipelines.leaves import LeavesConfig
+
+        self.trials_dir = Path(args.runs_dir) / "tune" / args.study / "trials"
+        base = LeavesConfig(folds=args.folds or 3, epochs=args.epochs or 3, data_dir=args.data_dir, seed=args.seed,
+                            out_dir=args.out_dir, progress=False, runs_dir=args.runs_dir)
+        self.base = dataclasses.replace(base, **parse_overrides(getattr(args, "set", None), LeavesConfig))
+        self.data = None
+
+    @property
+    def setup(self) -> dict:
+        fixed = {k: v for k, v in dataclasses.asdict(self.base).items()
+                 if k not in ("out_dir", "runs_dir", "progress", "workers", "resume")}
+        return {"competition": "leaves", **fixed}
+
+    def config(self, trial):
+        return dataclasses.replace(self.base, **SEARCH_SPACE(trial))
+
+    def defaults(self) -> dict:
+        from pipelines.tune import tuning_param_names
+
+        return {name: getattr(self.base, name) for name in tuning_param_names(self.config)}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from pipelines.cv import cross_validate, make_folds
+        from pipelines.leaves import accuracy, fit_fold, load_data
+        from pipelines.training import default_device
+
+        cfg = self.config(trial)
+        device = default_device()
+        if self.data is None:  # decode the images once per process, not once per trial
+            self.data = load_data(cfg, device)
+        data = self.data
+        folds = make_folds(data.y, cfg.folds, strategy="stratified", seed=cfg.seed)
+        run_dir = self.trials_dir / f"trial{trial.number}"
+
+        def fit_predict(train_idx, valid_idx, fold):
+            info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
+            return info["valid"], None
+
+        def on_fold_end(fold: int, running_accuracy: float) -> None:
+            trial.report(running_accuracy, fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"fold {fold}: running accuracy {running_accuracy:.4f}")
+
+        try:
+            result = cross_validate(fit_predict, folds, data.y, accuracy, on_fold_end=on_fold_end)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of a finished trial are not needed again
+        return result.mean
+
+    def train_best(self, params: dict, extra_record: dict) -> dict:
+        """The normal leaves run with the best parameters. ``LeavesConfig`` has no field for extra record
+        keys, so the study and trial go to a ``_tuning.json`` beside the run record it wrote."""
+        import json
+
+        from pipelines.leaves import COMPETITION, run_config
+
+        cfg = dataclasses.replace(self.config(optuna.trial.FixedTrial(params)), progress=True)
+        folder = Path(cfg.out_dir) / COMPETITION
+        before = set(folder.glob("*.json")) if folder.is_dir() else set()
+        run_config(cfg)
+        records = sorted(set(folder.glob("*.json")) - before - set(folder.glob("*_tuning.json")))
+        if not records:
+            raise PipelineError("the leaves run wrote no record")
+        record = records[-1]
+        with open(record.with_name(record.stem + "_tuning.json"), "x") as f:
+            json.dump(extra_record, f, indent=2, default=str)
+        cv = float(json.loads(record.read_text())["cv"])
+        return {"cv_mean": cv, "submission": record.with_suffix(".csv")}
