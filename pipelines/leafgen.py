@@ -158,7 +158,7 @@ def _vein_segments(sp: Species, pts: np.ndarray) -> list[np.ndarray]:
 
 
 def generate_leaves(
-    out_dir: str | Path, *, n_species: int = 10, n_train: int = 640, n_test: int = 160, size: int = 96,
+    out_dir: str | Path, *, n_species: int = 10, n_train: int = 960, n_test: int = 240, size: int = 96,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic leaf set in the Kaggle layout to ``out_dir`` and return it.

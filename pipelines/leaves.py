@@ -41,16 +41,17 @@ class LeavesConfig:
     pretrained: bool = True  # offline ImageNet weights (models/pretrained.py) when the backbone has them
     pretrained_file: str | None = None
     img_size: int | None = None  # None: 224 on CUDA; on CPU 128, never above the images' median side
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
+    head_lr_mult: float = 10.0  # the new classifier learns faster than the pretrained body
     weight_decay: float = 0.02
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     mixup: float = 0.2  # mixup alpha (0 disables)
     cutmix: float = 1.0  # cutmix alpha (0 disables)
-    mix_prob: float = 0.3  # share of batches mixed
+    mix_prob: float = 0.2  # share of batches mixed
     auto_augment: str = "trivial"
     crop_scale: float = 0.5  # smallest area share kept by the random resized crop
     ema_decay: float = 0.995  # 0 disables the EMA of weights
@@ -66,8 +67,8 @@ class LeavesConfig:
     runs_dir: str = "runs"
     resume: str | None = None
     synthetic_species: int = 10
-    synthetic_train: int = 640
-    synthetic_test: int = 160
+    synthetic_train: int = 960
+    synthetic_test: int = 240
     synthetic_size: int = 96
 
 
@@ -81,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--img-size", type=int, help="training resolution (default: 224 on CUDA, <=128 on CPU)")
     for name in ("epochs", "batch_size", "patience", "folds", "tta", "workers"):
         a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup", "cutmix",
-                 "mix_prob", "crop_scale", "ema_decay"):
+    for name in ("lr", "head_lr_mult", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup",
+                 "cutmix", "mix_prob", "crop_scale", "ema_decay"):
         a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
@@ -231,10 +232,10 @@ def make_loader(dataset, cfg: LeavesConfig, *, train: bool, seed: int, device):
     common = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
     if not train:
         return DataLoader(dataset, batch_size=cfg.batch_size * 2, shuffle=False, **common)
-    drop_last = len(dataset) // world_size >= 2 * cfg.batch_size
-    sampler = SeededSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size,
-                            drop_last=drop_last)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, **common)
+    # full batches only (a last batch of one breaks batch norm); a set smaller than a batch is one batch
+    per_rank = len(dataset) // world_size
+    sampler = SeededSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size, drop_last=True)
+    return DataLoader(dataset, batch_size=min(cfg.batch_size, per_rank), sampler=sampler, drop_last=True, **common)
 
 
 class MixHook:
@@ -260,7 +261,10 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     from pipelines.training import Trainer, warmup_cosine
 
     model = create_backbone(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr},
+              {"params": [p for p in model.parameters() if id(p) in head], "lr": cfg.lr * cfg.head_lr_mult}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     hook = None
     if cfg.mix_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
@@ -312,6 +316,8 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
         say(f"fold {fold}: resumed after epoch {trainer.epoch}")
 
     def on_epoch_end(tr, stats):
+        if not np.isfinite(stats["loss"]):
+            raise PipelineError(f"fold {fold} diverged at epoch {tr.epoch} (loss is NaN); lower --lr")
         metrics = tr.evaluate(valid_loader)
         improved = stopper.step(broadcast_value(metrics["val_acc"]))
         tr.should_stop = stopper.should_stop
@@ -343,10 +349,11 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
 
 
 def _n_batches(n: int, cfg: LeavesConfig) -> int:
+    """Optimizer steps per epoch, as :func:`make_loader` batches the training set (for the LR schedule)."""
     from pipelines.training import world
 
-    per_rank = -(-n // world()[1])
-    return per_rank // cfg.batch_size if per_rank >= 2 * cfg.batch_size else -(-per_rank // cfg.batch_size)
+    per_rank = n // world()[1]
+    return max(1, per_rank // min(cfg.batch_size, per_rank))
 
 
 def _barrier() -> None:
@@ -414,7 +421,8 @@ def say(message: str) -> None:
 
 
 def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
-    """A new run folder (config saved), or the one ``--resume`` names with its saved config."""
+    """A new run folder's path (created once the data has loaded), or the run ``--resume`` names and
+    its saved config."""
     base = Path(cfg.runs_dir) / "leaves"
     if cfg.resume:
         run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else base / cfg.resume
@@ -423,20 +431,10 @@ def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
         saved = json.loads((run_dir / "config.json").read_text())
         keep = {"progress": cfg.progress, "workers": cfg.workers, "resume": cfg.resume}
         return LeavesConfig(**{**saved, **keep}), run_dir
-    from pipelines.training import is_main_process, world
+    from pipelines.training import world
 
-    names = [None]
-    if is_main_process():  # rank 0 claims a fresh folder; the other ranks learn its name
-        stem = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}_{cfg.model}_seed{cfg.seed}"
-        base.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 1000):
-            try:
-                (base / (stem if n == 1 else f"{stem}-{n}")).mkdir()
-            except FileExistsError:
-                continue
-            names[0] = stem if n == 1 else f"{stem}-{n}"
-            break
-    if world()[1] > 1:
+    names = [f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}_{cfg.model}_seed{cfg.seed}"]
+    if world()[1] > 1:  # every rank uses rank 0's name
         import torch.distributed as dist
 
         dist.broadcast_object_list(names, src=0)

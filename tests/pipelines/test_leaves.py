@@ -1,0 +1,110 @@
+"""The leaves pipeline end to end on a tiny synthetic set, and its one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.__main__ import main
+from pipelines.checkpoint import EarlyStopping
+from pipelines.leafgen import generate_leaves
+
+TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--folds", "2",
+        "--no-progress", "--img-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_leaves(tmp_path_factory) -> Path:
+    return generate_leaves(tmp_path_factory.mktemp("leaves"), n_species=3, n_train=24, n_test=6, size=32, seed=1)
+
+
+@pytest.fixture
+def leaves_copy(tiny_leaves, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_leaves, tmp_path / "data"))
+
+
+def run_leaves(data: Path, tmp_path: Path, *extra: str) -> int:
+    return main(["leaves", "--data-dir", str(data), "--out-dir", str(tmp_path / "subs"),
+                 "--runs-dir", str(tmp_path / "runs"), *TINY, *extra])
+
+
+def test_end_to_end_writes_a_valid_submission_and_record(tiny_leaves, tmp_path, capsys):
+    assert run_leaves(tiny_leaves, tmp_path) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("submission: ")
+    assert any(line.startswith("fold accuracies: 0: ") for line in lines)
+    sub_path = Path(lines[-1].removeprefix("submission: "))
+    sub = pd.read_csv(sub_path)
+    test = pd.read_csv(tiny_leaves / "test.csv")
+    train = pd.read_csv(tiny_leaves / "train.csv")
+    assert list(sub.columns) == ["image", "label"] and sub["image"].tolist() == test["image"].tolist()
+    assert set(sub["label"]) <= set(train["label"])
+    record = json.loads(sub_path.with_suffix(".json").read_text())
+    assert record["classes"] == sorted(train["label"].unique())
+    assert len(record["folds"]) == len(train) and record["trained_folds"] == [0, 1]
+    assert len(record["fold_scores"]) == 2 and record["config"]["seed"] == 0
+    for name in ("curves", "confusion"):
+        assert (sub_path.parent / record["files"]["figures"][name]).stat().st_size > 1000
+    oof = pd.read_csv(sub_path.parent / record["files"]["oof"])
+    assert {"image", "fold", "label", "pred"} <= set(oof.columns) and len(oof) == len(train)
+    run_dir = Path(record["run_dir"])
+    assert json.loads((run_dir / "classes.json").read_text())["classes"] == record["classes"]
+    assert (run_dir / "fold0" / "best.pt").is_file() and (run_dir / "fold1" / "last.pt").is_file()
+
+
+def test_one_fold_only(tiny_leaves, tmp_path, capsys):
+    assert run_leaves(tiny_leaves, tmp_path, "--fold", "1", "--tta", "4", "--ema-decay", "0") == 0
+    out = capsys.readouterr().out
+    assert "fold accuracies: 1: " in out and "fold 0 epoch" not in out
+
+
+def _break_column(d: Path):
+    pd.read_csv(d / "train.csv").rename(columns={"label": "species"}).to_csv(d / "train.csv", index=False)
+
+
+def _missing_image(d: Path):
+    (d / pd.read_csv(d / "test.csv")["image"].iloc[0]).unlink()
+
+
+def _corrupt_image(d: Path):
+    (d / pd.read_csv(d / "train.csv")["image"].iloc[3]).write_bytes(b"\xff\xd8 broken")
+
+
+def _empty_csv(d: Path):
+    (d / "test.csv").write_text("")
+
+
+@pytest.mark.parametrize(("breaker", "message"), [
+    (_break_column, "train.csv has no column 'label'"),
+    (_missing_image, "image not found: .*images/"),
+    (_corrupt_image, "cannot read image .*images/.*jpg"),
+    (_empty_csv, "test.csv is empty"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(leaves_copy, tmp_path, capsys, breaker, message):
+    breaker(leaves_copy)
+    assert run_leaves(leaves_copy, tmp_path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert pd.Series([err]).str.contains(message).all(), err
+    assert not (tmp_path / "subs").exists() and not (tmp_path / "runs").exists()
+
+
+def test_missing_data_dir_and_bad_fold(tmp_path, tiny_leaves, capsys):
+    assert main(["leaves", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert run_leaves(tiny_leaves, tmp_path, "--fold", "5") == 2
+    assert "--fold 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_early_stopping_state_round_trips(mode):
+    sign = 1 if mode == "max" else -1
+    stopper = EarlyStopping(patience=2, mode=mode)
+    assert stopper.step(sign * 1.0) and not stopper.step(sign * 0.5)
+    clone = EarlyStopping()
+    clone.load_state_dict(stopper.state_dict())
+    assert not clone.should_stop and not clone.step(sign * 0.9) and clone.should_stop
+    assert clone.best == sign * 1.0 and clone.best_epoch == 0
