@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +41,7 @@ class LeavesConfig:
     model: str = "tf_efficientnet_lite0"
     pretrained: bool = True  # offline ImageNet weights (models/pretrained.py) when the backbone has them
     pretrained_file: str | None = None
-    img_size: int | None = None  # None: 224 on CUDA; on CPU 128, never above the images' median side
+    img_size: int | None = None  # None: 224 on CUDA; on CPU 112, never above the images' median side
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", default=d.model, help=f"models/ or timm backbone name (default {d.model})")
     a("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch")
     a("--pretrained-file", help="local weights (.pth/.safetensors) to start from")
-    a("--img-size", type=int, help="training resolution (default: 224 on CUDA, <=128 on CPU)")
+    a("--img-size", type=int, help="training resolution (default: 224 on CUDA, <=112 on CPU)")
     for name in ("epochs", "batch_size", "patience", "folds", "tta", "workers"):
         a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "head_lr_mult", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup",
@@ -153,16 +154,24 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
     if (DEFAULT_DATA / "train.csv").is_file():
         return DEFAULT_DATA, "local"
     if kaggle_configured():
-        return download_kaggle(DEFAULT_DATA), "kaggle"
+        from pipelines.training import is_main_process
+
+        if is_main_process():
+            download_kaggle(DEFAULT_DATA)
+        _barrier()
+        return DEFAULT_DATA, "kaggle"
     from pipelines.leafgen import generate_leaves
 
     n = (cfg.synthetic_species, cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_size)
     root = REPO_ROOT / "cache" / "synthetic-leaves" / f"s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed{cfg.seed}"
     say(f"no data/classify-leaves/ and no Kaggle credentials: using a synthetic leaf set ({n[0]} species, "
         f"{n[1]} train / {n[2]} test images, {n[3]} px) in {root.relative_to(REPO_ROOT)}")
-    if not (root / ".complete").exists():
+    from pipelines.training import is_main_process
+
+    if is_main_process() and not (root / ".complete").exists():  # rank 0 draws, the other ranks wait
         generate_leaves(root, n_species=n[0], n_train=n[1], n_test=n[2], size=n[3], seed=cfg.seed)
         (root / ".complete").touch()
+    _barrier()
     return root, "synthetic"
 
 
@@ -191,7 +200,7 @@ def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> int:
         return 224
     from features.images import median_side
 
-    return max(32, min(128, median_side(paths) // 32 * 32))
+    return max(32, min(112, median_side(paths) // 16 * 16))
 
 
 def load_data(cfg: LeavesConfig, device) -> LeafData:
@@ -278,8 +287,12 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
                    channels_last=True, batch_hook=hook, ema=ema, progress=cfg.progress, compile=cfg.compile)
 
 
-def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device) -> dict:
-    """Train one fold (resuming from its last checkpoint), reload its best weights, predict with TTA."""
+def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
+             on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Train one fold (resuming from its last checkpoint), reload its best weights, predict with TTA.
+
+    ``on_epoch(epoch, val_acc)`` is called after each epoch's checkpoint (a tuner reports and prunes there).
+    """
     import torch
 
     from features.images import ImageDataset, eval_transform, train_transform, tta_views
@@ -332,6 +345,8 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
             save_checkpoint(last, {"trainer": tr.state_dict(), "early_stopping": stopper.state_dict(),
                                    "history": history, "finished": tr.should_stop or tr.epoch >= cfg.epochs})
         _barrier()
+        if on_epoch is not None:
+            on_epoch(tr.epoch, metrics["val_acc"])
 
     trainer.add_callback("on_epoch_end", on_epoch_end)
     start = time.perf_counter()

@@ -227,9 +227,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> dict:
-        """Cross-entropy loss and accuracy of the evaluation weights over a labelled loader."""
-        logits = self.predict(loader)
-        y = torch.cat([torch.as_tensor(b[1]) for b in loader])
+        """Cross-entropy loss and accuracy of the evaluation weights over a labelled ``(x, y)`` loader."""
+        model, outs, ys = self.eval_model.eval(), [], []
+        for x, y in loader:
+            with self._autocast():
+                outs.append(model(self._to_device(x)).float().cpu())
+            ys.append(torch.as_tensor(y))
+        logits, y = torch.cat(outs), torch.cat(ys)
         return {"val_loss": float(nn.functional.cross_entropy(logits, y)),
                 "val_acc": float((logits.argmax(1) == y).float().mean())}
 

@@ -108,3 +108,17 @@ def test_early_stopping_state_round_trips(mode):
     clone.load_state_dict(stopper.state_dict())
     assert not clone.should_stop and not clone.step(sign * 0.9) and clone.should_stop
     assert clone.best == sign * 1.0 and clone.best_epoch == 0
+
+
+@pytest.mark.slow
+def test_synthetic_task_defeats_a_linear_model_on_pixels(tmp_path):
+    """The CNN side of the bar (> 95 %) takes minutes: ``benchmarks/leaves_separability.py`` shows both."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "leaves_separability.py"
+    spec = importlib.util.spec_from_file_location("leaves_separability", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = generate_leaves(tmp_path / "leaves", n_species=10, n_train=200, n_test=100, size=32, seed=5)
+    acc = bench.linear_accuracy(root, 32)
+    assert acc < 0.6, f"a linear model on raw pixels scores {acc:.3f}"
