@@ -4,7 +4,7 @@ No machine here reaches Kaggle, so the pipeline, ``make leaves`` and the tests r
 is meant to be genuinely visual: species differ in outline (lobes, aspect, serration, tip, base),
 venation (pinnate, palmate, parallel) and colour, but colours are shared between species and every
 image has a random rotation, scale, position, lighting, background and blur. A linear model on raw
-pixels therefore stays far below a CNN (see ``tests/pipelines/test_leaves_benchmark.py``).
+pixels therefore stays far below a CNN (``benchmarks/leaves_separability.py`` shows both figures).
 
 Layout written: ``images/<i>.jpg``, ``train.csv`` (``image,label``), ``test.csv`` (``image``) and,
 for benchmarks only, ``test_labels.csv`` (the hidden truth, which the real competition lacks).
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
+VERSION = 1  # bump when the drawing changes: cached synthetic sets are keyed by it
 GREEN, DARK, YELLOW, RED = (70, 140, 50), (35, 95, 45), (150, 165, 55), (165, 70, 40)
 
 

@@ -160,10 +160,10 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
             download_kaggle(DEFAULT_DATA)
         _barrier()
         return DEFAULT_DATA, "kaggle"
-    from pipelines.leafgen import generate_leaves
+    from pipelines.leafgen import VERSION, generate_leaves
 
     n = (cfg.synthetic_species, cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_size)
-    root = REPO_ROOT / "cache" / "synthetic-leaves" / f"s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed{cfg.seed}"
+    root = REPO_ROOT / "cache" / "synthetic-leaves" / f"v{VERSION}_s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed{cfg.seed}"
     say(f"no data/classify-leaves/ and no Kaggle credentials: using a synthetic leaf set ({n[0]} species, "
         f"{n[1]} train / {n[2]} test images, {n[3]} px) in {root.relative_to(REPO_ROOT)}")
     from pipelines.training import is_main_process
