@@ -71,6 +71,7 @@ class LeavesConfig:
     synthetic_train: int = 960
     synthetic_test: int = 240
     synthetic_size: int = 96
+    extra_record: dict = dataclasses.field(default_factory=dict)  # merged into the run record (tuning study/trial)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -528,6 +529,7 @@ def run_config(cfg: LeavesConfig) -> int:
         "device": str(device),
         "world_size": world()[1],
         "run_dir": str(run_dir),
+        **cfg.extra_record,
     }
     figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
                "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}

@@ -2,8 +2,9 @@
 
 Kept beside ``pipelines/leaves.py`` (whose owner changes it often) and built only on its public pieces:
 ``load_data`` once per process, then per trial the shared fold splitter and CV driver around
-``fit_fold``. The value is the CV accuracy. The running accuracy is reported after every fold; a
-per-epoch report needs an epoch hook in ``leaves.fit_fold`` (not there yet), so pruning is per fold.
+``fit_fold``. The value is the CV accuracy. After every epoch the trial reports the running CV (the
+finished folds' accuracies and the current fold's validation accuracy so far, averaged) at step
+``fold * epochs + epoch``, so a pruner can stop a bad trial in its first fold.
 """
 
 from __future__ import annotations
@@ -99,37 +100,38 @@ class LeavesObjective:
         folds = make_folds(data.y, cfg.folds, strategy="stratified", seed=cfg.seed)
         run_dir = self.trials_dir / f"trial{trial.number}"
 
+        done: list[float] = []  # accuracies of the finished folds
+
         def fit_predict(train_idx, valid_idx, fold):
-            info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
+            def on_epoch(epoch: int, val_acc: float) -> None:
+                running = (sum(done) + val_acc) / (len(done) + 1)
+                trial.report(running, fold * cfg.epochs + epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"fold {fold} epoch {epoch}: running accuracy {running:.4f}")
+
+            info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device, on_epoch=on_epoch)
+            done.append(accuracy(data.y[valid_idx], info["valid"]))
             return info["valid"], None
 
-        def on_fold_end(fold: int, running_accuracy: float) -> None:
-            trial.report(running_accuracy, fold)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"fold {fold}: running accuracy {running_accuracy:.4f}")
-
         try:
-            result = cross_validate(fit_predict, folds, data.y, accuracy, on_fold_end=on_fold_end)
+            result = cross_validate(fit_predict, folds, data.y, accuracy)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints of a finished trial are not needed again
         return result.mean
 
     def train_best(self, params: dict, extra_record: dict) -> dict:
-        """The normal leaves run with the best parameters. ``LeavesConfig`` has no field for extra record
-        keys, so the study and trial go to a ``_tuning.json`` beside the run record it wrote."""
+        """The normal leaves run with the best parameters; the study and trial go into its run record."""
         import json
 
         from pipelines.leaves import COMPETITION, run_config
 
-        cfg = dataclasses.replace(self.config(optuna.trial.FixedTrial(params)), progress=True)
+        cfg = dataclasses.replace(self.config(optuna.trial.FixedTrial(params)), progress=True,
+                                  extra_record=extra_record)
         folder = Path(cfg.out_dir) / COMPETITION
         before = set(folder.glob("*.json")) if folder.is_dir() else set()
         run_config(cfg)
-        records = sorted(set(folder.glob("*.json")) - before - set(folder.glob("*_tuning.json")))
+        records = sorted(set(folder.glob("*.json")) - before)
         if not records:
             raise PipelineError("the leaves run wrote no record")
-        record = records[-1]
-        with open(record.with_name(record.stem + "_tuning.json"), "x") as f:
-            json.dump(extra_record, f, indent=2, default=str)
-        cv = float(json.loads(record.read_text())["cv"])
-        return {"cv_mean": cv, "submission": record.with_suffix(".csv")}
+        cv = float(json.loads(records[-1].read_text())["cv"])
+        return {"cv_mean": cv, "submission": records[-1].with_suffix(".csv")}

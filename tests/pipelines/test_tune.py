@@ -200,8 +200,8 @@ def test_tune_leaves_tiny_study_and_best(tmp_path: Path, capsys) -> None:
     study = load("leaves", url)
     assert_exact(study, 1)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
-    assert list(study.trials[0].intermediate_values) == [0, 1]  # running accuracy after each fold
+    assert list(study.trials[0].intermediate_values) == [1, 2]  # running accuracy after each epoch of 2 folds
     submission = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("submission: "))
-    tuning_record = json.loads(submission.with_name(submission.stem + "_tuning.json").read_text())
-    assert tuning_record["study"] == "leaves" and tuning_record["trial"] == 0
+    record = json.loads(submission.with_suffix(".json").read_text())
+    assert record["study"] == "leaves" and record["trial"] == 0
     assert not (tmp_path / "tune" / "leaves" / "trials" / "trial0").exists()  # trial checkpoints cleaned up
