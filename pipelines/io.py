@@ -15,13 +15,13 @@ def md5(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def read_csv(path: Path, required: Iterable[str] = ()) -> pd.DataFrame:
+def read_csv(path: Path, required: Iterable[str] = (), dtype=None) -> pd.DataFrame:
     """Read ``path``; refuse a missing, empty or unparsable file, or one lacking ``required`` columns."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=dtype)
     except pd.errors.EmptyDataError:
         raise PipelineError(f"{path}: empty CSV (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:

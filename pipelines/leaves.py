@@ -177,20 +177,14 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
 
 
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise PipelineError(f"{path.name} not found in {path.parent}")
-    try:
-        frame = pd.read_csv(path, dtype=str)
-    except pd.errors.EmptyDataError as err:
-        raise PipelineError(f"{path} is empty") from err
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PipelineError(f"{path.name} has no column {missing[0]!r} (columns: {', '.join(frame.columns)})")
-    if frame.empty:
-        raise PipelineError(f"{path} has no rows")
+    """The shared CSV checks (``pipelines.io``), then no blank cell in ``columns``, no image listed twice."""
+    from pipelines.io import check_unique, read_csv
+
+    frame = read_csv(path, columns, dtype=str)
     blank = frame[columns].isna().any(axis=1)
     if blank.any():
         raise PipelineError(f"{path.name} row {int(np.flatnonzero(blank)[0]) + 2} has an empty {columns} value")
+    check_unique(frame, "image", str(path))
     return frame
 
 

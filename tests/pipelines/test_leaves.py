@@ -78,11 +78,17 @@ def _empty_csv(d: Path):
     (d / "test.csv").write_text("")
 
 
+def _duplicate_test_image(d: Path):
+    test = pd.read_csv(d / "test.csv")
+    pd.concat([test, test.iloc[:1]]).to_csv(d / "test.csv", index=False)
+
+
 @pytest.mark.parametrize(("breaker", "message"), [
-    (_break_column, "train.csv has no column 'label'"),
+    (_break_column, "train.csv: missing column.*'label'"),
     (_missing_image, "image not found: .*images/"),
     (_corrupt_image, "cannot read image .*images/.*jpg"),
-    (_empty_csv, "test.csv is empty"),
+    (_empty_csv, "test.csv: empty CSV"),
+    (_duplicate_test_image, "test.csv: duplicate image"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(leaves_copy, tmp_path, capsys, breaker, message):
     breaker(leaves_copy)
