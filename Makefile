@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup house-prices leaves tune submit runs blend test test-all lint bench clean
+.PHONY: help setup house-prices leaves tune postgres submit runs blend test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ postgres: $(STAMP)  ## local PostgreSQL for tuning studies (runs/postgres, PG_PO
 test: $(STAMP)  ## run the test suite (installs PostgreSQL for the tuning tests if missing and root)
 	@.ci/postgres install || echo "PostgreSQL tests will be skipped: its binaries are missing"
 	$(PY) -m pytest
+
+bench: $(STAMP)  ## speed figures: shared training loop vs a plain d2l loop (images/s); more in benchmarks/
+	$(PY) benchmarks/loop_throughput.py
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
