@@ -27,7 +27,7 @@ import torch
 
 import models
 from pipelines.__main__ import main as cli
-from pipelines.leafgen import generate_leaves
+from pipelines.leafgen import VERSION, generate_leaves
 from pipelines.leaves import LeavesConfig
 from pipelines.records import REPO_ROOT
 
@@ -53,7 +53,8 @@ def default_synthetic_set() -> Path:
     """The leaf set a plain ``python -m pipelines leaves`` generates, built here explicitly so that real
     data in ``data/classify-leaves/`` never changes the benchmark."""
     d = LeavesConfig()
-    root = REPO_ROOT / "cache" / "synthetic-leaves" / "baselines"
+    n = (d.synthetic_species, d.synthetic_train, d.synthetic_test, d.synthetic_size)
+    root = REPO_ROOT / "cache" / "synthetic-leaves" / f"baselines_v{VERSION}_s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed0"
     if not (root / ".complete").exists():
         generate_leaves(root, n_species=d.synthetic_species, n_train=d.synthetic_train, n_test=d.synthetic_test,
                         size=d.synthetic_size, seed=0)
@@ -88,14 +89,17 @@ def n_params(name: str, num_classes: int) -> int:
 
 
 def write_table(rows: list[dict], args: argparse.Namespace, path: Path, load: tuple[float, float]) -> None:
+    d = LeavesConfig()
     lines = [
         "# Classic baselines on the synthetic leaf set",
         "",
         f"Written by `benchmarks/baselines.py` on {datetime.now(UTC):%Y-%m-%d}. Every row is",
         f"`python -m pipelines leaves --model NAME --epochs {args.epochs} --img-size {args.img_size} "
         f"{' '.join(SHARED_FLAGS)}`",
-        "on the default synthetic set (10 species, 640 train / 160 test images at 96 px, seed 0), fold 0 of 3",
-        "(427 train / 213 validation images). The classic models start from scratch (`--no-pretrained`);",
+        f"on the default synthetic set ({d.synthetic_species} species, {d.synthetic_train} train / "
+        f"{d.synthetic_test} test images at {d.synthetic_size} px, seed 0), fold 0 of {d.folds}",
+        f"(about {d.synthetic_train - d.synthetic_train // d.folds} train / {d.synthetic_train // d.folds} validation "
+        "images). The classic models start from scratch (`--no-pretrained`);",
         "the first row is the pipeline's default backbone with its offline ImageNet weights. Optimiser and",
         "schedule are the pipeline's defaults (AdamW, lr 1e-3, one warmup epoch then cosine, label smoothing 0.1).",
         "",
@@ -120,7 +124,7 @@ def write_table(rows: list[dict], args: argparse.Namespace, path: Path, load: tu
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=72, help="at least 67: AlexNet and NiN need it")
     parser.add_argument("--models", help="comma-separated subset (default: every classic model + the default)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "baselines.md"))

@@ -395,6 +395,7 @@ def curves_figure(histories: dict[int, list[dict]]):
         ax.legend(fontsize=7)
     fig.suptitle("learning curves (train with augmentation/mixup; valid with EMA weights)")
     fig.tight_layout()
+    plt.close(fig)  # the writer saves it; pyplot need not keep it alive
     return fig
 
 
@@ -420,6 +421,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str])
     ax.set_ylabel("true")
     ax.set_title("out-of-fold confusion matrix")
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
