@@ -118,33 +118,6 @@ class LeafData:
     img_size: int
 
 
-def kaggle_configured() -> bool:
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return True
-    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
-
-
-def download_kaggle(dest: Path) -> Path:
-    """Download and unzip the competition with the kaggle client (needs accepted rules)."""
-    import zipfile
-
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-
-        api = KaggleApi()
-        api.authenticate()
-        dest.mkdir(parents=True, exist_ok=True)
-        api.competition_download_files(COMPETITION, path=str(dest), quiet=False)
-    except Exception as err:  # noqa: BLE001 - any client or network failure is one line for the user
-        raise PipelineError(f"kaggle download of {COMPETITION} failed: {err}") from err
-    for archive in dest.glob("*.zip"):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest)
-        archive.unlink()
-    return dest
-
-
 def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
     """The folder to read and where it came from: given, local, kaggle or synthetic."""
     if cfg.data_dir:
@@ -154,11 +127,15 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
         return root, "given"
     if (DEFAULT_DATA / "train.csv").is_file():
         return DEFAULT_DATA, "local"
-    if kaggle_configured():
+    from submissions import kaggle_client
+
+    creds = kaggle_client.find_credentials()  # the same discovery as `submit`
+    if creds is not None:
         from pipelines.training import is_main_process
 
         if is_main_process():
-            download_kaggle(DEFAULT_DATA)
+            say(f"downloading {COMPETITION} with the kaggle client ({creds.describe()}) into {DEFAULT_DATA}")
+            kaggle_client.download(COMPETITION, DEFAULT_DATA, creds)
         _barrier()
         return DEFAULT_DATA, "kaggle"
     from pipelines.leafgen import VERSION, generate_leaves

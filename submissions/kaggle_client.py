@@ -167,8 +167,9 @@ def _reason(err: BaseException) -> str:
     return type(err).__name__
 
 
-def translate(err: BaseException, competition: str, creds: Credentials | None) -> PipelineError:
-    """One line a user can act on, for whatever the client raised."""
+def translate(err: BaseException, competition: str, creds: Credentials | None,
+              offline_hint: str = "validate only with --dry-run") -> PipelineError:
+    """One line a user can act on, for whatever the client raised (``offline_hint``: what to do offline)."""
     import requests
 
     rules = f"https://www.kaggle.com/competitions/{competition}/rules"
@@ -194,7 +195,7 @@ def translate(err: BaseException, competition: str, creds: Credentials | None) -
             first = str(err).splitlines()[0] if str(err) else ""
             msg = f"Kaggle answered {code} for {competition}: {first}"
     elif isinstance(err, requests.ConnectionError | requests.Timeout):
-        msg = f"cannot reach Kaggle ({_reason(err)}): check the network, or validate only with --dry-run"
+        msg = f"cannot reach Kaggle ({_reason(err)}): check the network, or {offline_hint}"
     elif isinstance(err, ImportError):
         msg = f"the kaggle client cannot be imported ({err}); run `make setup`"
     else:
@@ -223,12 +224,12 @@ def _api(creds: Credentials):
     return api
 
 
-def _call(creds: Credentials, competition: str, fn):
+def _call(creds: Credentials, competition: str, fn, **translate_kw):
     try:
         with _quiet():
             return fn(_api(creds))
     except (Exception, SystemExit) as err:  # noqa: BLE001 - anything the client raises becomes one line
-        raise translate(err, competition, creds) from None
+        raise translate(err, competition, creds, **translate_kw) from None
 
 
 def submit(file: str | Path, message: str, competition: str, creds: Credentials) -> dict:
@@ -263,3 +264,17 @@ def submissions(competition: str, creds: Credentials) -> list[dict]:
         return rows
 
     return _call(creds, competition, fetch)
+
+
+def download(competition: str, dest: Path, creds: Credentials) -> Path:
+    """``kaggle competitions download -c competition`` into ``dest``, archives unzipped and removed."""
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    _call(creds, competition, lambda api: api.competition_download_files(competition, path=str(dest), quiet=True),
+          offline_hint=f"put the competition files in {dest} yourself (or pass --data-dir)")
+    for archive in dest.glob("*.zip"):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)
+        archive.unlink()
+    return dest

@@ -128,3 +128,24 @@ def test_synthetic_task_defeats_a_linear_model_on_pixels(tmp_path):
     root = generate_leaves(tmp_path / "leaves", n_species=10, n_train=200, n_test=100, size=32, seed=5)
     acc = bench.linear_accuracy(root, 32)
     assert acc < 0.6, f"a linear model on raw pixels scores {acc:.3f}"
+
+
+def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    """With credentials (found as `submit` finds them) and no local data, leaves downloads with the real
+    client; offline, that is one line that leaks no secret, and no run is written."""
+    import pipelines.leaves as leaves
+
+    secret = "KGAT_0123456789abcdef0123456789abcdef"
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+    monkeypatch.setenv("KAGGLE_API_TOKEN", secret)
+    monkeypatch.setattr(leaves, "DEFAULT_DATA", tmp_path / "classify-leaves")
+    assert main(["leaves", "--out-dir", str(tmp_path / "subs"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    captured = capsys.readouterr()
+    assert "downloading classify-leaves with the kaggle client" in captured.out
+    err = captured.err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert secret not in captured.out + captured.err
+    assert not (tmp_path / "subs").exists() and not (tmp_path / "runs").exists()
