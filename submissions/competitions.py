@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from pipelines.errors import PipelineError
 from pipelines.records import REPO_ROOT
 from submissions.writer import SubmissionSpec
@@ -37,21 +35,11 @@ def _house_spec(data_dir: str | None) -> SubmissionSpec:
     return SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
 
 
-def _read(path: Path, column: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: pass --data-dir with the competition's train.csv and test.csv")
-    try:
-        frame = pd.read_csv(path, dtype=str)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        raise PipelineError(f"{path}: cannot read it as CSV ({type(err).__name__})") from err
-    if column not in frame.columns:
-        raise PipelineError(f"{path} has no column {column!r}")
-    return frame
-
-
 def _leaves_spec(data_dir: str | None) -> SubmissionSpec:
+    from pipelines.leaves import read_table  # the pipeline's own checks of its CSVs
+
     folder = Path(data_dir) if data_dir else LEAVES.default_data
-    train, test = _read(folder / "train.csv", "label"), _read(folder / "test.csv", "image")
+    train, test = read_table(folder / "train.csv", ["image", "label"]), read_table(folder / "test.csv", ["image"])
     return SubmissionSpec(LEAVES.name, ["image", "label"], ids=test["image"],
                           labels=set(train["label"].dropna()), numeric=False)
 
