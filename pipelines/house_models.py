@@ -15,7 +15,7 @@ from sklearn.svm import SVR
 
 from features.house import make_preprocessor
 
-__all__ = ["STRONG_MODELS", "SEARCH_SPACES", "make_model", "make_preprocessor"]
+__all__ = ["STRONG_MODELS", "SEARCH_SPACES", "make_model", "make_preprocessor", "model_names"]
 
 
 def _lgbm(seed: int, **params) -> RegressorMixin:
@@ -36,6 +36,17 @@ STRONG_MODELS: dict[str, tuple[Callable[..., RegressorMixin], dict]] = {
                      "subsample": 0.8, "subsample_freq": 5, "colsample_bytree": 0.25, "max_bin": 63,
                      "reg_lambda": 1.0}),
 }
+
+
+def model_names(names: list[str] | None) -> list[str]:
+    """``names`` checked against the zoo (``None``: every model), or a one-line error listing the choices."""
+    from pipelines.errors import PipelineError
+
+    names = list(names) if names else list(STRONG_MODELS)
+    unknown = [n for n in names if n not in STRONG_MODELS]
+    if unknown:
+        raise PipelineError(f"unknown model(s) {unknown}; choose from {', '.join(STRONG_MODELS)}")
+    return names
 
 
 def make_model(name: str, seed: int = 0, **params) -> RegressorMixin:

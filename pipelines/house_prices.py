@@ -132,12 +132,9 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     ``feature_cache`` keeps the per-fold matrices across calls on the same data and folds (a tuner's
     trials only change model parameters, so the preprocessing need not be refitted every trial).
     """
-    from pipelines.house_models import STRONG_MODELS, make_model, make_preprocessor
+    from pipelines.house_models import make_model, make_preprocessor, model_names
 
-    names = cfg.models or list(STRONG_MODELS)
-    unknown = [n for n in names if n not in STRONG_MODELS]
-    if unknown:
-        raise PipelineError(f"unknown model(s) {unknown}; choose from {', '.join(STRONG_MODELS)}")
+    names = model_names(cfg.models)
     X, X_test = train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])
     y = np.log1p(train[TARGET].to_numpy())
     fit_mask = ~outlier_mask(train)

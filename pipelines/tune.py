@@ -40,13 +40,10 @@ class HousePricesObjective:
     direction = "minimize"
 
     def __init__(self, args: argparse.Namespace):
-        from pipelines.house_models import STRONG_MODELS
+        from pipelines.house_models import model_names
         from pipelines.house_prices import HousePricesConfig
 
-        models = args.models.split(",") if args.models else list(STRONG_MODELS)
-        unknown = [m for m in models if m not in STRONG_MODELS]
-        if unknown:
-            raise PipelineError(f"unknown model(s) {unknown}; choose from {', '.join(STRONG_MODELS)}")
+        models = model_names(args.models.split(",") if args.models else None)
         self.base = HousePricesConfig(preset="strong", folds=args.folds or 5, seed=args.seed, data_dir=args.data_dir,
                                       out_dir=args.out_dir, models=models, progress=False)
         # per-fold preprocessing depends only on data and folds: shared by every trial (and study) in a process
