@@ -5,8 +5,8 @@ metric's space: for house prices on log predictions against log price, so the bl
 geometric mean of the runs' prices. The blend's CV is cross-fitted: the weights scored
 on fold k never saw fold k, and neither did the model weights inside a run that itself blended several
 models (those are refitted from its per-model OOF columns, ``nested_cross_fitted_scores``). Every input
-is rescored the same way on the very same rows, so the numbers side by side are comparable even when
-the runs' own records scored different rows (d2l scores every row; strong leaves out the two outliers).
+is rescored the same way on every training row, so the numbers side by side are comparable even with
+older runs whose records left the two outliers out of scoring (their OOF files' ``scored`` column).
 
 Runs must share the competition, the training ids and the fold of every row; anything else is refused
 with one line. Only house prices for now: a leaves run saves out-of-fold class probabilities but not the
@@ -105,7 +105,7 @@ def blend_house_prices(runs: list[Run]) -> dict:
     if not np.array_equal(folds, np.asarray(runs[0].fold_ids)):
         raise PipelineError(f"{runs[0].stem}: the OOF file's folds differ from its record's")
     price = base[TARGET].to_numpy(float)
-    scored = np.logical_and.reduce([o["scored"].astype(bool).to_numpy() for o in oofs])
+    scored = np.ones(len(base), bool)  # every row, whatever an older run's ``scored`` column says
     log_y = np.log(price)
     log_oof = np.column_stack([log_columns(o, ["prediction"]) for o in oofs])  # what the test side matches
     log_test = np.column_stack([log_columns(s, [TARGET]) for s in subs])

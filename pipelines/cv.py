@@ -59,6 +59,29 @@ class FoldSplitter:
             yield from GroupKFold(self.n_splits).split(np.zeros(n), groups=perm[inv])
 
 
+class RepeatedFoldSplitter:
+    """``n_repeats`` independent K-fold splits (repeat ``r`` is ``FoldSplitter`` seeded ``seed + r``).
+
+    One split of 1460 rows is too noisy to choose between two close models; averaging the score over
+    several splits is scikit-learn's ``RepeatedKFold``, with the same ``split(X, y, groups)`` signature.
+    Repeat 0 is exactly ``FoldSplitter(seed=seed)``, so a one-repeat run and its repeats share folds.
+    """
+
+    def __init__(self, n_splits: int = 5, n_repeats: int = 1, strategy: str = "kfold", seed: int = 0,
+                 n_bins: int = 10):
+        if n_repeats < 1:
+            raise PipelineError(f"--repeats must be at least 1, got {n_repeats}")
+        self.splitters = [FoldSplitter(n_splits, strategy, seed + r, n_bins) for r in range(n_repeats)]
+        self.n_splits, self.n_repeats = n_splits, n_repeats
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        return self.n_splits * self.n_repeats
+
+    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for splitter in self.splitters:
+            yield from splitter.split(X, y, groups)
+
+
 def _quantile_bins(y: np.ndarray, n_bins: int) -> np.ndarray:
     edges = np.unique(np.quantile(y, np.linspace(0, 1, n_bins + 1)[1:-1]))
     return np.digitize(y, edges)
@@ -73,6 +96,13 @@ def make_folds(n_rows_or_y, n_splits: int = 5, strategy: str = "kfold", seed: in
     for k, (_, valid) in enumerate(splitter.split(np.zeros(n), y, groups)):
         folds[valid] = k
     return folds
+
+
+def make_repeated_folds(n_rows_or_y, n_splits: int = 5, n_repeats: int = 1, strategy: str = "kfold", seed: int = 0,
+                        groups=None) -> np.ndarray:
+    """Fold ids of every row in every repeat, shape ``(n_repeats, rows)``; row 0 is ``make_folds(..., seed)``."""
+    RepeatedFoldSplitter(n_splits, n_repeats, strategy, seed)  # validates the arguments
+    return np.stack([make_folds(n_rows_or_y, n_splits, strategy, seed + r, groups) for r in range(n_repeats)])
 
 
 @dataclass

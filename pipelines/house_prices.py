@@ -4,9 +4,12 @@ Presets:
 - ``d2l``: the classic d2l recipe, exactly (standardize over train+test, NaN → 0, one-hot with NaN
   indicator, one ``nn.Linear``, Adam lr 5, batch 64, 100 epochs, MSE on the raw price).
 - ``strong`` (default): domain imputation, ordinal maps, engineered features, skew correction and
-  one-hot inside every fold; regularized linear, kernel ridge, SVR and LightGBM on ``log1p(price)``;
-  blended with non-negative weights fitted on out-of-fold predictions. The two well-known outliers
-  are left out of *fitting* only: they still get OOF predictions, and the all-rows CV is reported.
+  one-hot inside every fold; a zoo of models on ``log1p(price)`` (``pipelines.house_models``) and a
+  level-2 stack: non-negative weights summing to one, fitted on the out-of-fold predictions.
+
+Every CV here scores every training row, as the leaderboard will. Leaving the two documented outliers
+(huge partial sales) out of *fitting* is an option (``--drop-outliers``); the run reports their errors
+and, for comparison only, the CV with them unscored. ``--repeats R`` scores R independent K-fold splits.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pandas as pd
 
 from features.house import NUMERIC_COLUMNS, d2l_features
 from pipelines import blending
-from pipelines.cv import cross_validate, make_folds
+from pipelines.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.errors import PipelineError
 from pipelines.io import check_numeric, check_unique, md5, read_csv
 from pipelines.records import REPO_ROOT
@@ -35,13 +38,18 @@ ID, TARGET = "Id", "SalePrice"
 DEFAULT_DIR = REPO_ROOT / "data" / "house-prices"
 SHIPPED_MD5 = {"train.csv": "80ccab65fb115cbad143dbbd2bcd5577", "test.csv": "dcec4b79bf9c7317bd9e17789bf888f0"}
 PRESETS = ("d2l", "strong")
+# leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: chosen on the
+# all-rows CV (docs/house-prices.md)
+DROP_OUTLIERS_DEFAULT = {"d2l": False, "strong": False}
 
 
 @dataclass
 class HousePricesConfig:
     preset: str = "strong"
     folds: int = 5
+    repeats: int = 1  # repeated K-fold: repeat r uses fold seed ``seed + r``
     seed: int = 0
+    drop_outliers: bool | None = None  # leave the two outliers out of fitting (None: the preset's default)
     data_dir: str | None = None
     out_dir: str = "submissions"
     test_pred: str = "refit"  # "refit" on all training rows, or "average" the fold models
@@ -92,8 +100,34 @@ def log_rmse(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------ presets
-def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig) -> dict:
-    """d2l's linear regression through the shared training loop; returns per-model CV results."""
+def cv_repeats(fit_predict: Callable, folds: np.ndarray, y: np.ndarray, metric: Callable, *,
+               fit_mask: np.ndarray | None, refit: Callable | None, progress: bool, desc: str,
+               on_fold_end: Callable[[int, float], None] | None = None) -> list[CVResult]:
+    """``cross_validate`` once per repeat of ``folds`` (``(repeats, rows)``); the refit runs once, in repeat 0.
+
+    ``fit_predict(train_idx, valid_idx, repeat, fold)``; ``on_fold_end(step, running_cv)`` counts steps over
+    all repeats and reports the mean over every fold done so far.
+    """
+    n_folds, results, done = len(np.unique(folds[0])), [], []
+    for r, repeat_folds in enumerate(folds):
+        before = sum(done)
+
+        def report(k, mean, r=r, before=before):
+            on_fold_end(r * n_folds + k, (before + mean * (k + 1)) / (r * n_folds + k + 1))
+
+        result = cross_validate(
+            lambda tr, va, k, r=r: fit_predict(tr, va, r, k), repeat_folds, y, metric, fit_mask=fit_mask,
+            refit=refit if r == 0 else None, progress=progress, desc=desc if len(folds) == 1 else f"{desc} r{r}",
+            on_fold_end=None if on_fold_end is None else report,
+        )
+        done += result.fold_scores
+        results.append(result)
+    return results
+
+
+def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig,
+            fit_mask: np.ndarray | None = None) -> dict[str, list[CVResult]]:
+    """d2l's linear regression through the shared training loop; returns per-model CV results per repeat."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -115,18 +149,19 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
     def predict(trainer: Trainer, features: torch.Tensor) -> np.ndarray:
         return trainer.predict(DataLoader(features, batch_size=1024)).numpy().ravel()
 
-    def fit_predict(tr, va, k):
-        trainer = fit(tr, cfg.seed * 1000 + k)
+    def fit_predict(tr, va, r, k):
+        trainer = fit(tr, cfg.seed * 1000 + 100 * r + k)
         return predict(trainer, X[va]), (predict(trainer, X_test) if cfg.test_pred == "average" else None)
 
     refit = (lambda idx: predict(fit(idx, cfg.seed * 1000 + 999), X_test)) if cfg.test_pred == "refit" else None
-    result = cross_validate(fit_predict, folds, train[TARGET].to_numpy(), log_rmse, refit=refit,
-                            progress=cfg.progress, desc="d2l linear")
-    return {"linear": result}
+    results = cv_repeats(fit_predict, folds, train[TARGET].to_numpy(), log_rmse, fit_mask=fit_mask, refit=refit,
+                         progress=cfg.progress, desc="d2l linear")
+    return {"linear": results}
 
 
-def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig, *,
-               on_fold_end: FoldHook | None = None, feature_cache: dict | None = None) -> dict:
+def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig,
+               fit_mask: np.ndarray | None = None, *, on_fold_end: FoldHook | None = None,
+               feature_cache: dict | None = None) -> dict[str, list[CVResult]]:
     """Fit every strong model on the same folds; the preprocessing is fitted once per fold, on its rows.
 
     ``feature_cache`` keeps the per-fold matrices across calls on the same data and folds (a tuner's
@@ -137,10 +172,11 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     names = model_names(cfg.models)
     X, X_test = train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])
     y = np.log1p(train[TARGET].to_numpy())
-    fit_mask = ~outlier_mask(train)
     cache: dict = {} if feature_cache is None else feature_cache
+    fit_key = "all" if fit_mask is None else "masked"
 
     def features(key, fit_idx: np.ndarray, *predict_frames: pd.DataFrame):
+        key = (fit_key, key)
         if key not in cache:
             prep = make_preprocessor().fit(X.iloc[fit_idx])
             cache[key] = (prep.transform(X.iloc[fit_idx]), *(prep.transform(f) for f in predict_frames))
@@ -150,30 +186,35 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     for name in names:
         params = cfg.params.get(name, {})
 
-        def fit_predict(tr, va, k, name=name, params=params):
-            Xtr, Xva, Xte = features(k, tr, X.iloc[va], X_test)
+        def fit_predict(tr, va, r, k, name=name, params=params):
+            Xtr, Xva, Xte = features((r, k), tr, X.iloc[va], X_test)
             model = make_model(name, cfg.seed, **params).fit(Xtr, y[tr])
             return model.predict(Xva), (model.predict(Xte) if cfg.test_pred == "average" else None)
 
         def refit(idx, name=name, params=params):
-            Xtr, Xte = features("all", idx, X_test)
+            Xtr, Xte = features("refit", idx, X_test)
             return make_model(name, cfg.seed, **params).fit(Xtr, y[idx]).predict(Xte)
 
-        results[name] = cross_validate(
-            fit_predict, folds, y, blending.rmse, fit_mask=fit_mask, score_mask=fit_mask,
+        results[name] = cv_repeats(
+            fit_predict, folds, y, blending.rmse, fit_mask=fit_mask,
             refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
-            on_fold_end=None if on_fold_end is None else (lambda k, mean, name=name: on_fold_end(name, k, mean)),
+            on_fold_end=None if on_fold_end is None else (lambda step, mean, name=name: on_fold_end(name, step, mean)),
         )
     return results
 
 
 # ------------------------------------------------------------------------------------------ the run
+def drops_outliers(cfg: HousePricesConfig) -> bool:
+    """Whether this run leaves the two documented outliers out of fitting (``None``: the preset's default)."""
+    return DROP_OUTLIERS_DEFAULT[cfg.preset] if cfg.drop_outliers is None else cfg.drop_outliers
+
+
 def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: FoldHook | None = None,
                  feature_cache: dict | None = None) -> dict:
-    """Load → folds → CV per model → blend → write. Returns a summary including the written paths.
+    """Load → folds → CV per model → stack → write. Returns a summary including the written paths.
 
-    ``write=False`` stops after the CV (a tuning trial's score); ``on_fold_end`` and ``feature_cache``
-    go to ``run_strong`` (strong preset only).
+    Every score is on every training row. ``write=False`` stops after the CV (a tuning trial's score);
+    ``on_fold_end`` and ``feature_cache`` go to ``run_strong`` (strong preset only).
     """
     if cfg.preset not in PRESETS:
         raise PipelineError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -182,48 +223,53 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     set_seed(cfg.seed)
     start = time.perf_counter()
     train, test = load(cfg.data_dir)
-    folds = make_folds(np.log(train[TARGET].to_numpy()), cfg.folds, "binned", cfg.seed)
+    folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
     price = train[TARGET].to_numpy()
-    # strong leaves the two outliers out of fitting and scoring; d2l, as in the book, fits and scores every row
-    scored = ~outlier_mask(train) if cfg.preset == "strong" else np.ones(len(train), bool)
+    outliers = outlier_mask(train)
+    drop = drops_outliers(cfg)
+    fit_mask = ~outliers if drop else None
 
     if cfg.preset == "d2l":
-        results = run_d2l(train, test, folds, cfg)
-        log_space = False
+        results = run_d2l(train, test, folds, cfg, fit_mask)
+        to_price = lambda a: a  # noqa: E731 - d2l predicts the price itself
     else:
-        results = run_strong(train, test, folds, cfg, on_fold_end=on_fold_end, feature_cache=feature_cache)
-        log_space = True
+        results = run_strong(train, test, folds, cfg, fit_mask, on_fold_end=on_fold_end, feature_cache=feature_cache)
+        to_price = np.expm1
 
     names = list(results)
-    to_price = np.expm1 if log_space else (lambda a: a)
-    oof = np.column_stack([to_price(results[n].oof) for n in names])  # (rows, models), prices
-    test_preds = np.column_stack([to_price(results[n].test) for n in names])
-    log_oof = np.log(np.clip(oof, 1, None))
+    # (repeats, rows, models) out-of-fold log prices; test: the refit (or every fold model's average)
+    log_oof = np.stack([np.column_stack([_log(to_price(results[n][r].oof)) for n in names])
+                        for r in range(cfg.repeats)])
+    log_test = np.column_stack([_log(to_price(np.mean([res.test for res in results[n] if res.test is not None],
+                                                      axis=0))) for n in names])
     log_y = np.log(price)
-    weights = blending.fit_simplex_weights(log_oof[scored], log_y[scored])
-    blend_fold_scores = (
-        blending.cross_fitted_scores(log_oof, log_y, folds, mask=scored) if len(names) > 1
-        else results[names[0]].fold_scores
-    )
-    blend_oof = np.exp(blending.blend(log_oof, weights))
-    blend_test = np.exp(blending.blend(np.log(np.clip(test_preds, 1, None)), weights))
-    cv_mean, cv_std = float(np.mean(blend_fold_scores)), float(np.std(blend_fold_scores))
-    all_rows = log_rmse(price, blend_oof)
+    stack = fit_stack(log_oof, log_y, folds)
+    stack_excl = fit_stack(log_oof, log_y, folds, mask=~outliers)  # the old headline, for comparison only
+    weights = stack["weights"]
+    blend_oof = np.exp(blending.blend(log_oof[0], weights))
+    blend_test = np.exp(blending.blend(log_test, weights))
+    cv_mean, cv_std = stack["cv_mean"], stack["cv_std"]
     seconds = time.perf_counter() - start
+    per_model = {}
+    for i, n in enumerate(names):
+        scores = [s for res in results[n] for s in res.fold_scores]
+        excl = [blending.rmse(log_y[(f == k) & ~outliers], log_oof[r, (f == k) & ~outliers, i])
+                for r, f in enumerate(folds) for k in np.unique(f)]
+        fold_seconds = [s for res in results[n] for s in res.fold_seconds]
+        per_model[n] = {"cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)), "fold_scores": scores,
+                        "cv_excluding_outliers": float(np.mean(excl)), "fold_seconds": fold_seconds,
+                        "fit_seconds": float(np.mean(fold_seconds)), "weight": float(weights[i])}
+    summary = {"cv_mean": cv_mean, "cv_std": cv_std, "rows": len(train), "repeat_means": stack["repeat_means"],
+               "cv_excluding_outliers": stack_excl["cv_mean"], "drop_outliers": drop, "models": per_model,
+               "weights": dict(zip(names, map(float, weights), strict=True)), "seconds": seconds,
+               "outlier_errors": {int(i): float(e) for i, e in zip(train[ID][outliers], (np.log(blend_oof) - log_y)[
+                   outliers], strict=True)}}
     if not write:
-        return {"cv_mean": cv_mean, "cv_std": cv_std, "cv_all_rows": all_rows, "seconds": seconds,
-                "models": {n: {"cv_mean": results[n].mean, "weight": float(w)} for n, w in zip(names, weights,
-                                                                                            strict=True)}}
+        return summary
 
-    per_model = {
-        n: {"cv_mean": results[n].mean, "cv_std": results[n].std, "fold_scores": results[n].fold_scores,
-            "all_rows_cv": log_rmse(price, oof[:, i]), "fold_seconds": results[n].fold_seconds,
-            "weight": float(weights[i])}
-        for i, n in enumerate(names)
-    }
     submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: blend_test})
-    oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds, TARGET: price, "prediction": blend_oof,
-                              "scored": scored, **{f"oof_{n}": oof[:, i] for i, n in enumerate(names)}})
+    oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds[0], TARGET: price, "prediction": blend_oof,
+                              "scored": True, **{f"oof_{n}": np.exp(log_oof[0, :, i]) for i, n in enumerate(names)}})
     record = {
         "kaggle_competition": KAGGLE_SLUG,
         "config": asdict(cfg),
@@ -231,27 +277,56 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
         "metric": "log_rmse",
         "cv_mean": cv_mean,
         "cv_std": cv_std,
-        "fold_scores": blend_fold_scores,
-        "cv_all_rows": all_rows,
-        "scored_rows": int(scored.sum()),
-        "excluded_from_fit_and_score": train[ID][~scored].tolist(),
-        "blend_weights": dict(zip(names, map(float, weights), strict=True)),
+        "fold_scores": stack["fold_scores"],
+        "repeat_means": stack["repeat_means"],
+        "cv_all_rows": cv_mean,
+        "cv_excluding_outliers": stack_excl["cv_mean"],
+        "scored_rows": len(train),
+        "excluded_from_score": [],
+        "outliers": {"ids": train[ID][outliers].tolist(), "excluded_from_fit": drop,
+                     "oof_log_error": summary["outlier_errors"]},
+        "blend_weights": summary["weights"],
         "models": per_model,
-        "folds": {"strategy": "binned", "n_splits": cfg.folds, "ids": folds},
+        "folds": {"strategy": "binned", "n_splits": cfg.folds, "n_repeats": cfg.repeats,
+                  "seeds": [cfg.seed + r for r in range(cfg.repeats)], "ids": folds[0], "repeats": folds},
         "timings": {"total_seconds": seconds},
         **cfg.extra_record,
     }
     spec = SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
-    figure = plot_run({**per_model, "blend": {"fold_scores": blend_fold_scores}}, price, blend_oof, scored,
-                      f"{cfg.preset}: CV {cv_mean:.4f}")
+    figure = plot_run({**per_model, "stack": {"fold_scores": stack["fold_scores"]}}, price, blend_oof, outliers,
+                      f"{cfg.preset}: CV {cv_mean:.4f} on all rows")
     files = write_run(submission, spec, out_dir=cfg.out_dir, preset=cfg.preset, cv_score=cv_mean, record=record,
                       oof=oof_frame, figures={"cv": figure})
-    return {"cv_mean": cv_mean, "cv_std": cv_std, "cv_all_rows": all_rows, "models": per_model,
-            "weights": record["blend_weights"], "files": files, "seconds": seconds}
+    return {**summary, "files": files}
 
 
-def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, scored: np.ndarray, title: str):
-    """Fold scores per model, and OOF predicted vs true price (log axes)."""
+def _log(price: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(price, 1, None))
+
+
+def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """The level-2 stack: non-negative weights summing to one on the models' OOF log prices.
+
+    Its CV is cross-fitted per repeat (``blending.cross_fitted_scores``: the weights scored on a fold
+    never saw it); the weights used for the test set are fitted on every repeat's OOF rows at once.
+    Convex weights keep every prediction between the models' own, so no single model's extrapolation
+    can be amplified. ``mask`` restricts fitting and scoring to some rows (comparison figures only).
+    """
+    repeats, rows, n_models = log_oof.shape
+    mask = np.ones(rows, bool) if mask is None else mask
+    weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats))
+    if n_models > 1:
+        per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask) for r in range(repeats)]
+    else:
+        per_repeat = [[blending.rmse(log_y[(f == k) & mask], log_oof[r, (f == k) & mask, 0]) for k in np.unique(f)]
+                      for r, f in enumerate(folds)]
+    scores = [s for rep in per_repeat for s in rep]
+    return {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
+            "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat]}
+
+
+def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarray, title: str):
+    """Fold scores per model (every repeat's folds in a row), and OOF predicted vs true price (log axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,12 +334,12 @@ def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, scored: np.ndarray
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, info in per_model.items():
-        style = {"color": "black", "lw": 2.5} if name == "blend" else {}
+        style = {"color": "black", "lw": 2.5} if name == "stack" else {}
         ax1.plot(range(len(info["fold_scores"])), info["fold_scores"], marker="o", label=name, **style)
     ax1.set(xlabel="fold", ylabel="log-RMSE", title="fold scores", xticks=range(len(info["fold_scores"])))
     ax1.legend(fontsize=8)
-    ax2.scatter(y[scored], oof[scored], s=4, alpha=0.5, label="scored")
-    ax2.scatter(y[~scored], oof[~scored], s=20, c="red", label="known outliers")
+    ax2.scatter(y[~outliers], oof[~outliers], s=4, alpha=0.5, label="rows")
+    ax2.scatter(y[outliers], oof[outliers], s=20, c="red", label="the two documented outliers")
     lims = [min(y.min(), oof.min()), max(y.max(), oof.max())]
     ax2.plot(lims, lims, "k--", lw=1)
     ax2.set(xscale="log", yscale="log", xlabel="true price", ylabel="OOF prediction", title="out-of-fold")
@@ -278,18 +353,25 @@ def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, scored: np.ndarray
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="strong")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repeated K-fold: score on this many independent splits (fold seeds seed..seed+R-1)")
     parser.add_argument("--data-dir", default=None, help="folder with train.csv/test.csv (default: data/house-prices)")
     parser.add_argument("--test-pred", choices=("refit", "average"), default="refit",
                         help="test predictions from a refit on all rows, or the average of the fold models")
     parser.add_argument("--models", default=None, help="strong preset: comma-separated subset of models")
+    outl = parser.add_mutually_exclusive_group()
+    outl.add_argument("--drop-outliers", dest="drop_outliers", action="store_true", default=None,
+                      help="leave the two documented outliers out of fitting (they are still scored)")
+    outl.add_argument("--keep-outliers", dest="drop_outliers", action="store_false",
+                      help="fit on every row (the default of both presets)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> HousePricesConfig:
     return HousePricesConfig(
-        preset=args.preset, folds=args.folds, seed=args.seed, data_dir=args.data_dir, out_dir=args.out_dir,
-        test_pred=args.test_pred, models=args.models.split(",") if args.models else None,
-        progress=not args.no_progress,
+        preset=args.preset, folds=args.folds, repeats=args.repeats, seed=args.seed, data_dir=args.data_dir,
+        out_dir=args.out_dir, test_pred=args.test_pred, models=args.models.split(",") if args.models else None,
+        drop_outliers=args.drop_outliers, progress=not args.no_progress,
     )
 
 
@@ -297,9 +379,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = run_pipeline(cfg)
     for name, info in out["models"].items():
-        print(f"{name:>10}: CV {info['cv_mean']:.5f} ± {info['cv_std']:.5f}  (all rows {info['all_rows_cv']:.5f})"
-              f"  weight {info['weight']:.3f}")
-    print(f"{cfg.preset} blend: {cfg.folds}-fold CV log-RMSE {out['cv_mean']:.5f} ± {out['cv_std']:.5f}"
-          f" (all rows incl. outliers {out['cv_all_rows']:.5f}) in {out['seconds']:.1f}s")
+        print(f"{name:>10}: CV {info['cv_mean']:.5f} ± {info['cv_std']:.5f}  (outliers unscored "
+              f"{info['cv_excluding_outliers']:.5f})  weight {info['weight']:.3f}  {info['fit_seconds']:.2f}s/fit")
+    errors = ", ".join(f"Id {i} {e:+.2f}" for i, e in out["outlier_errors"].items())
+    print(f"outliers {'left out of' if out['drop_outliers'] else 'kept in'} fitting; their OOF log errors: {errors}; "
+          f"CV with them unscored {out['cv_excluding_outliers']:.5f} (comparison only)")
+    spread = f"fold spread ± {out['cv_std']:.5f}"
+    if cfg.repeats > 1:
+        spread += ", repeat means " + " ".join(f"{m:.5f}" for m in out["repeat_means"])
+    print(f"{cfg.preset}: {cfg.repeats}x{cfg.folds}-fold CV log-RMSE on all {out['rows']} rows {out['cv_mean']:.5f}"
+          f" ({spread}) in {out['seconds']:.1f}s")
     print(f"submission: {out['files'].submission}")
     return 0

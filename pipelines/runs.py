@@ -46,12 +46,20 @@ class Run:
         return self.path.with_name(name) if name else None
 
     @property
+    def partly_scored(self) -> bool:
+        """An older house-prices run whose ``cv_mean`` left some rows out of scoring: ranked by its all-rows CV."""
+        rows = self.record.get("scored_rows")
+        return rows is not None and "cv_all_rows" in self.record and rows < len(self.fold_ids or [])
+
+    @property
     def cv_mean(self) -> float:
+        if self.partly_scored:
+            return float(self.record["cv_all_rows"])
         return float(self.record.get("cv_mean", self.record.get("cv", math.nan)))
 
     @property
     def cv_std(self) -> float:
-        return float(self.record.get("cv_std", math.nan))
+        return math.nan if self.partly_scored else float(self.record.get("cv_std", math.nan))
 
     @property
     def fold_ids(self) -> list | None:

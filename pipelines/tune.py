@@ -30,11 +30,12 @@ _FEATURE_CACHES: dict[tuple, dict] = {}
 
 # ---------------------------------------------------------------------------------------- objectives
 class HousePricesObjective:
-    """Tunes every selected strong model's parameters in one trial; the value is the blend's CV.
+    """Tunes every selected strong model's parameters in one trial; the value is the stack's CV.
 
     One trial covers all models because the score that matters (and that ``--best`` reproduces) is the
-    blend's cross-fitted CV. Pruning steps are (model, fold) in a fixed order, so every trial reports
-    the same model's running CV at the same step and the pruner compares like with like.
+    stack's cross-fitted CV on every training row, the preset's own headline. Pruning steps are (model,
+    fold) in a fixed order, so every trial reports the same model's running CV at the same step and the
+    pruner compares like with like.
     """
 
     direction = "minimize"
@@ -47,13 +48,17 @@ class HousePricesObjective:
         self.base = HousePricesConfig(preset="strong", folds=args.folds or 5, seed=args.seed, data_dir=args.data_dir,
                                       out_dir=args.out_dir, models=models, progress=False)
         # per-fold preprocessing depends only on data and folds: shared by every trial (and study) in a process
-        self.feature_cache = _FEATURE_CACHES.setdefault((args.data_dir, self.base.folds, args.seed), {})
+        self.feature_cache = _FEATURE_CACHES.setdefault((args.data_dir, self.base.folds, self.base.repeats,
+                                                         args.seed), {})
 
     @property
     def setup(self) -> dict:
         """What makes two trials comparable: a study refuses to mix trials from different setups."""
-        return {"competition": "house-prices", "folds": self.base.folds, "seed": self.base.seed,
-                "models": self.base.models, "data_dir": self.base.data_dir}
+        from pipelines.house_prices import drops_outliers
+
+        return {"competition": "house-prices", "folds": self.base.folds, "repeats": self.base.repeats,
+                "seed": self.base.seed, "models": self.base.models, "data_dir": self.base.data_dir,
+                "scored": "all rows", "drop_outliers": drops_outliers(self.base)}
 
     def config(self, trial: optuna.Trial | optuna.trial.FixedTrial):
         from pipelines.house_models import SEARCH_SPACES
@@ -72,7 +77,7 @@ class HousePricesObjective:
         from pipelines.house_prices import run_pipeline
 
         cfg = replace(self.config(trial), test_pred="average")  # the CV is the same; skip the refit
-        step = {name: i * cfg.folds for i, name in enumerate(cfg.models)}
+        step = {name: i * cfg.folds * cfg.repeats for i, name in enumerate(cfg.models)}
 
         def on_fold_end(name: str, fold: int, running_cv: float) -> None:
             trial.report(running_cv, step[name] + fold)

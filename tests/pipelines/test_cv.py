@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.cv import FoldSplitter, cross_validate, make_folds
+from pipelines.cv import FoldSplitter, RepeatedFoldSplitter, cross_validate, make_folds, make_repeated_folds
 from pipelines.errors import PipelineError
 
 
@@ -44,6 +44,24 @@ def test_group_folds_never_split_a_group():
     folds = make_folds(len(groups), 5, "group", seed=0, groups=groups)
     for g in range(30):
         assert len(set(folds[groups == g])) == 1
+
+
+def test_repeated_splitter_keeps_sklearns_signature_and_repeat_zero_is_the_plain_split():
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(90, 3)), rng.lognormal(12, 0.4, 90)
+    splitter = RepeatedFoldSplitter(3, n_repeats=2, strategy="binned", seed=5)
+    assert splitter.get_n_splits() == 6 and len(cross_val_score(Ridge(), X, y, cv=splitter)) == 6
+    folds = make_repeated_folds(y, 3, 2, "binned", seed=5)
+    assert folds.shape == (2, 90)
+    np.testing.assert_array_equal(folds[0], make_folds(y, 3, "binned", seed=5))
+    np.testing.assert_array_equal(folds[1], make_folds(y, 3, "binned", seed=6))
+    for r, (_, valid) in enumerate(splitter.split(X, y)):
+        assert set(valid) == set(np.flatnonzero(folds[r // 3] == r % 3))
+    with pytest.raises(PipelineError, match="--repeats"):
+        RepeatedFoldSplitter(3, n_repeats=0)
 
 
 def test_bad_splitter_arguments_raise_one_line_errors():
