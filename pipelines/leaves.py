@@ -437,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_config(cfg: LeavesConfig) -> int:
+    from models.pretrained import weights_record
     from pipelines.cv import cross_validate, make_folds
     from pipelines.seed import set_seed
     from pipelines.training import default_device, init_distributed, is_main_process, world
@@ -449,6 +450,7 @@ def run_config(cfg: LeavesConfig) -> int:
     device = default_device()
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
+    weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
     data = load_data(cfg, device)
     load_seconds = time.perf_counter() - t0
     if is_main_process():
@@ -487,6 +489,7 @@ def run_config(cfg: LeavesConfig) -> int:
     oof = pd.concat([oof, probs], axis=1)
     record = {
         "config": dataclasses.asdict(cfg),
+        "weights": weights,  # where the starting weights came from, with their SHA-256
         "seed": cfg.seed,
         "data": {"dir": str(data.root), "source": data.source, "n_train": len(data.train),
                  "n_test": len(data.test), "img_size": data.img_size},
