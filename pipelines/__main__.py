@@ -2,15 +2,27 @@
 ``add_arguments(parser)`` and ``run(args) -> int`` (optuna's ``cli.py`` idiom).
 
 Command modules are imported lazily so that ``--help`` and light commands do not pay for torch.
+
+Every failure ends in one ``error:`` line. A ``PipelineError`` is a known failure and keeps its message
+(exit 2); anything else is a bug or an environment problem: its full traceback goes to a log file
+(``runs/logs/`` or ``$PIPELINES_LOG_DIR``, masked like everything else) and the line names that file
+(exit 1); ``--debug`` prints the traceback inline as well. Library logging (e.g. Optuna's failed-trial
+tracebacks) goes to the same file, not the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+import tempfile
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, mask_secrets
 
 # name -> (module, one-line help). Add a pipeline or verb here and nowhere else.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,6 +40,7 @@ def common_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--seed", type=int, default=0, help="seed for folds, models and augmentation")
     parent.add_argument("--out-dir", default="submissions", help="where runs are written (default: submissions)")
+    parent.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     return parent
 
 
@@ -45,17 +58,73 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+class MaskingFormatter(logging.Formatter):
+    """Every logged line, traceback included, with its secrets masked (``mask_secrets``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
+
+
+class LazyFileHandler(logging.FileHandler):
+    """A log file created (folder included) only when the first line is written."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True, encoding="utf-8")
+
+    def _open(self):
+        try:
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            return super()._open()
+        except OSError:  # runs/ not writable here: fall back to the temp folder
+            self.baseFilename = os.path.join(tempfile.gettempdir(), Path(self.baseFilename).name)
+            return super()._open()
+
+
+def log_handler(command: str) -> LazyFileHandler:
+    """The handler of this invocation's log file, attached to the root logger."""
+    folder = Path(os.environ.get("PIPELINES_LOG_DIR") or Path("runs") / "logs")
+    name = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{command}-{os.getpid()}.log"
+    handler = LazyFileHandler(folder / name)
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def unexpected(err: BaseException, handler: LazyFileHandler, debug: bool) -> str:
+    """Log ``err`` with its traceback; return the one line the user sees."""
+    logging.getLogger("pipelines").error("unexpected error", exc_info=err)
+    handler.flush()
+    if debug:
+        print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
+    first = (str(err).strip().splitlines() or [""])[0]
+    first = first if len(first) <= 300 else first[:297] + "..."
+    return mask_secrets(f"{type(err).__name__}{': ' + first if first else ''} "
+                        f"(full traceback in {handler.baseFilename}; --debug shows it here)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    handler = log_handler(args.command)
     try:
         return int(args._module.run(args) or 0)
     except PipelineError as err:
+        if args.debug:
+            print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the one place where any failure becomes one line
+        print(f"error: {unexpected(err, handler, args.debug)}", file=sys.stderr)
+        return 1
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,7 @@ def check_compatible(runs: list[Run]) -> None:
     if runs[0].competition not in BLENDABLE:
         raise PipelineError(f"blend supports {', '.join(BLENDABLE)} only for now: {runs[0].competition} runs "
                             "do not save the test probabilities a blended submission needs")
+    check_same_test_set(runs)
     first = runs[0].fold_ids
     for r in runs[1:]:
         ids = r.fold_ids
@@ -55,6 +57,29 @@ def check_compatible(runs: list[Run]) -> None:
             detail = f"{n} rows in another fold" if ids and first and len(ids) == len(first) else "different rows"
             raise PipelineError(f"fold ids differ between {runs[0].stem} and {r.stem} ({detail}): "
                                 "rerun with the same --folds and --seed")
+
+
+def test_set(run: Run) -> tuple[Path, str | None]:
+    """The folder a run read its test set from, and the MD5 of that ``test.csv`` now (``None``: gone)."""
+    from pipelines.io import md5
+    from submissions.competitions import data_dir_of, get_competition
+
+    folder = data_dir_of(run.record)
+    root = Path(folder) if folder else get_competition(run.competition).default_data
+    test = root / "test.csv"
+    return root.resolve(), (md5(test) if test.is_file() else None)
+
+
+def check_same_test_set(runs: list[Run]) -> None:
+    """Refuse runs made on different test sets: their submissions predict different houses (or the same ids
+    with other features), so a weighted mean of them is no submission. Two folders holding byte-identical
+    ``test.csv`` files are the same test set."""
+    first, first_md5 = test_set(runs[0])
+    for r in runs[1:]:
+        root, digest = test_set(r)
+        if root != first and (digest is None or digest != first_md5):
+            raise PipelineError(f"runs were made on different test sets: {runs[0].stem} on {first}/test.csv, "
+                                f"{r.stem} on {root}/test.csv" + ("" if digest else " (missing now)"))
 
 
 def log_columns(oof: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -177,8 +202,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    from submissions.writer import check_writable_dir
+
     runs = [find_run(ref, args.out_dir) for ref in args.runs]
     check_compatible(runs)
+    check_writable_dir(Path(args.out_dir) / runs[0].competition)  # before the blending work, not after
     out = blend_house_prices(runs)
     metric = runs[0].record.get("metric", "log_rmse")
     width = max(len(r.stem) for r in runs)

@@ -18,6 +18,7 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from pipelines.errors import PipelineError
 
 STRATEGIES = ("kfold", "stratified", "binned", "group")
+MIN_ROWS_PER_FOLD = 2  # a fold scores on at least two rows
 
 
 class FoldSplitter:
@@ -45,8 +46,8 @@ class FoldSplitter:
             yield from StratifiedKFold(self.n_splits, shuffle=True, random_state=self.seed).split(
                 np.zeros(n), np.asarray(y)
             )
-        elif self.strategy == "binned":
-            bins = _quantile_bins(np.asarray(y, dtype=float), self.n_bins)
+        elif self.strategy == "binned":  # no more bins than keep n_splits rows each (small data)
+            bins = _quantile_bins(np.asarray(y, dtype=float), max(1, min(self.n_bins, n // self.n_splits)))
             yield from StratifiedKFold(self.n_splits, shuffle=True, random_state=self.seed).split(
                 np.zeros(n), bins
             )
@@ -91,6 +92,9 @@ def make_folds(n_rows_or_y, n_splits: int = 5, strategy: str = "kfold", seed: in
     """Return the fold id (0..n_splits-1) of every row; the array is what a run record stores."""
     y = np.asarray(n_rows_or_y) if not np.isscalar(n_rows_or_y) else None
     n = len(y) if y is not None else int(n_rows_or_y)
+    if n < MIN_ROWS_PER_FOLD * n_splits:
+        raise PipelineError(f"{n} training rows are too few for {n_splits}-fold CV: it needs at least "
+                            f"{MIN_ROWS_PER_FOLD * n_splits} ({MIN_ROWS_PER_FOLD} per fold); lower --folds or add rows")
     folds = np.full(n, -1, dtype=int)
     splitter = FoldSplitter(n_splits, strategy, seed)
     for k, (_, valid) in enumerate(splitter.split(np.zeros(n), y, groups)):
@@ -163,12 +167,16 @@ def cross_validate(
         start = time.perf_counter()
         valid_idx = np.flatnonzero(folds == k)
         train_idx = np.flatnonzero((folds != k) & fit_mask)
+        scored = valid_idx[score_mask[valid_idx]]
+        if not len(train_idx) or not len(scored):
+            what = "fit on" if not len(train_idx) else "score"
+            raise PipelineError(f"fold {k} has no rows to {what} ({n} rows, {int((~fit_mask).sum())} left out of "
+                                f"fitting, {int((~score_mask).sum())} of scoring): add rows or lower --folds")
         valid_pred, test_pred = fit_predict(train_idx, valid_idx, k)
         valid_pred = np.asarray(valid_pred)
         if oof is None:
             oof = np.full((n, *valid_pred.shape[1:]), np.nan)
         oof[valid_idx] = valid_pred
-        scored = valid_idx[score_mask[valid_idx]]
         scores.append(float(metric(np.asarray(y)[scored], oof[scored])))
         if test_pred is not None:
             test_preds.append(np.asarray(test_pred))

@@ -30,7 +30,7 @@ from pipelines.errors import PipelineError
 from pipelines.io import check_numeric, check_unique, md5, read_csv
 from pipelines.records import REPO_ROOT
 from pipelines.seed import set_seed
-from submissions.writer import SubmissionSpec, write_run
+from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
 NAME = "house-prices"
 KAGGLE_SLUG = "house-prices-advanced-regression-techniques"
@@ -220,6 +220,8 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
         raise PipelineError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     if cfg.test_pred not in ("refit", "average"):
         raise PipelineError(f"--test-pred must be 'refit' or 'average', got {cfg.test_pred!r}")
+    if write:
+        check_writable_dir(Path(cfg.out_dir) / NAME)  # before the CV, not after it
     set_seed(cfg.seed)
     start = time.perf_counter()
     train, test = load(cfg.data_dir)

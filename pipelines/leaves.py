@@ -102,6 +102,30 @@ def config_from_args(args: argparse.Namespace) -> LeavesConfig:
     return LeavesConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def check_config(cfg: LeavesConfig) -> None:
+    """Refuse settings that cannot train, and output folders that cannot be written, before any work and
+    before a run folder exists."""
+    from submissions.writer import check_writable_dir
+
+    for name, low in (("epochs", 1), ("batch_size", 1), ("folds", 2), ("tta", 1)):
+        if getattr(cfg, name) < low:
+            raise PipelineError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
+    if cfg.tta > 4:
+        raise PipelineError(f"--tta must be 1 to 4 views, got {cfg.tta}")
+    if cfg.img_size is not None and cfg.img_size < 16:
+        raise PipelineError(f"--img-size must be at least 16 pixels, got {cfg.img_size} "
+                            "(leave it out for the automatic size)")
+    if not cfg.resume:
+        import timm
+
+        import models
+
+        if cfg.model not in models.list_models() and not timm.is_model(cfg.model):
+            models.create_model(cfg.model)  # unknown: its one-line error lists close matches
+    check_writable_dir(Path(cfg.out_dir) / COMPETITION)
+    check_writable_dir(cfg.runs_dir, "--runs-dir")
+
+
 # ----------------------------------------------------------------------------------------------- data
 @dataclass
 class LeafData:
@@ -446,6 +470,7 @@ def run_config(cfg: LeavesConfig) -> int:
     t0 = time.perf_counter()
     init_distributed()
     cfg, run_dir = open_run_dir(cfg)
+    check_config(cfg)
     set_seed(cfg.seed)
     device = default_device()
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:

@@ -11,7 +11,9 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,16 +193,35 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def check_csv_target(path: Path) -> None:
+    """Refuse a ``--csv`` that is a folder or whose folder is a file or cannot be written, before any work."""
+    from submissions.writer import check_writable_dir
+
+    if path.is_dir():
+        raise PipelineError(f"--csv {path}: is a folder, not a file")
+    check_writable_dir(path.parent, "--csv")
+
+
 def write_csv(rows: list[dict], path: Path | None) -> None:
-    """The rows as CSV to ``path`` (``None``: stdout)."""
-    fh = sys.stdout if path is None else open(path, "w", newline="")  # noqa: SIM115 - stdout is not ours to close
+    """The rows as CSV to ``path`` (``None``: stdout), replaced atomically (temp file + ``os.replace``)."""
+    if path is None:
+        _write_rows(rows, sys.stdout)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    finally:
-        if path is not None:
-            fh.close()
+        with os.fdopen(fd, "w", newline="") as fh:
+            _write_rows(rows, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_rows(rows: list[dict], fh) -> None:
+    writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -223,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError(f"no runs under {out_dir}: run a pipeline first, e.g. `make house-prices`")
     if args.csv and args.csv != "-" and len(names) > 1:
         raise PipelineError(f"--csv {args.csv} with {len(names)} competitions: add --competition")
+    for name in names:
+        if args.csv != "-":
+            check_csv_target(Path(args.csv) if args.csv else out_dir / name / "runs.csv")
     for i, name in enumerate(names):
         runs = load_runs(out_dir, name)
         if not runs:

@@ -60,6 +60,8 @@ def resolve(path: Path, competition: str | None, data_dir: str | None) -> tuple[
     """The run (if any), the spec to validate against, and the Kaggle slug to send to."""
     from submissions.competitions import get_competition, kaggle_slug, spec_for
 
+    if not path.is_file():
+        raise PipelineError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
     run = run_of(path)
     if run is None:
         if not competition:

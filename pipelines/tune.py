@@ -128,17 +128,56 @@ def make_objective(args: argparse.Namespace):
 
 
 # ------------------------------------------------------------------------------------------- studies
+def validate_inputs(args: argparse.Namespace) -> None:
+    """Everything a study's first trial would trip on, checked before any study or storage file exists:
+    the data (read with the pipeline's own checks), the folds for its rows, the folders written to."""
+    from pipelines.cv import make_folds
+    from submissions.writer import check_writable_dir
+
+    if args.competition == "house-prices":
+        from pipelines.house_prices import load
+
+        train, _ = load(args.data_dir)
+        make_folds(len(train), args.folds or 5)  # refuses too few rows for the folds
+    elif args.data_dir is not None:
+        from pipelines.leaves import read_table
+
+        root = Path(args.data_dir)
+        if not root.is_dir():
+            raise PipelineError(f"--data-dir not found: {root}")
+        train = read_table(root / "train.csv", ["image", "label"])
+        read_table(root / "test.csv", ["image"])
+        make_folds(len(train), args.folds or 3)
+    check_writable_dir(args.runs_dir, "--runs-dir")
+    if args.best:
+        check_writable_dir(args.out_dir)
+
+
+def requeue_defaults(study: optuna.Study, objective) -> bool:
+    """Queue the preset's defaults again when no trial of them is finished, running or queued (e.g. trial 0
+    was interrupted by Ctrl-C and is FAIL): the study always contains the defaults. Returns whether it did."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.user_attrs.get("preset_defaults") and t.state in tuning.LIVE for t in trials):
+        return False
+    study.enqueue_trial(objective.defaults(), user_attrs={"preset_defaults": True})
+    return True
+
+
 def open_study(args: argparse.Namespace, objective, url: str) -> optuna.Study:
     """Create the study (and queue the preset's defaults as its first trial) or load it and check that
-    it was made with the same setup. Only the process that creates the study queues the defaults."""
+    it was made with the same setup (paths normalised). Loading also re-queues the defaults when their
+    trial failed, so a study interrupted during trial 0 still starts from the preset."""
     storage = tuning.open_storage(url, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
     pruner = tuning.make_pruner(args.pruner)
+    setup = tuning.normalise_setup(objective.setup)
+    created = False
     try:
         try:
             study = optuna.create_study(study_name=args.study, storage=storage, direction=objective.direction,
                                         pruner=pruner)
-            study.set_user_attr("setup", objective.setup)
+            study.set_user_attr("setup", setup)
             study.enqueue_trial(objective.defaults(), user_attrs={"preset_defaults": True})
+            created = True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=args.study, storage=storage, pruner=pruner)
     except PipelineError:
@@ -146,12 +185,16 @@ def open_study(args: argparse.Namespace, objective, url: str) -> optuna.Study:
     except Exception as err:  # noqa: BLE001 - the server went away between connect and use
         raise tuning.storage_error(url, err) from None
     saved = study.user_attrs.get("setup")
-    if saved is not None and saved != objective.setup:
-        diff = ", ".join(f"{k} {saved.get(k)!r} (now {v!r})" for k, v in objective.setup.items() if saved.get(k) != v)
+    if saved is not None and tuning.normalise_setup(saved) != setup:
+        saved = tuning.normalise_setup(saved)
+        diff = ", ".join(f"{k} {saved.get(k)!r} (now {v!r})" for k, v in setup.items() if saved.get(k) != v)
         raise PipelineError(f"study {args.study!r} was made with {diff}; use the same flags or a new --study")
     if study.direction.name.lower() != objective.direction:
         raise PipelineError(f"study {args.study!r} is a {study.direction.name.lower()} study, "
                             f"not {objective.direction}")
+    if (not created and not args.worker_index and tuning.count(study, tuning.COUNTED) < args.trials
+            and requeue_defaults(study, objective)):
+        print("the preset's defaults have no finished trial yet: queued them again", flush=True)
     n_existing = len(study.get_trials(deepcopy=False))
     study.sampler = tuning.make_sampler(args.seed, n_existing, args.worker_index)
     return study
@@ -240,11 +283,15 @@ def run(args: argparse.Namespace) -> int:
         raise PipelineError("--trials and --workers must be at least 1")
     if args.grace_period <= args.heartbeat_interval:
         raise PipelineError("--grace-period must be longer than --heartbeat-interval")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's own lines (a failed trial's traceback included) go to the CLI's log file, not the terminal
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
     args.study = args.study or args.competition
+    objective = make_objective(args)
+    validate_inputs(args)  # before any study exists: a typo must not leave a study behind
     args.storage = args.storage or tuning.default_storage_url(args.runs_dir, args.study)
     url = args.storage
-    objective = make_objective(args)
     study = open_study(args, objective, url)
     progress = tuning.Progress(args.trials, args.workers, print_fn=lambda s: print(s, flush=True))
     if not args.quiet:

@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, mask_secrets
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
 LIVE = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)  # will count unless a worker dies
@@ -38,27 +38,20 @@ class SurplusTrial(Exception):
 
 # ------------------------------------------------------------------------------------------- storage
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe to print or log."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - unparsable: drop anything that could be a user:password@ part
-        return url.split("://", 1)[0] + "://…" if "@" in url else url
+    """The URL with its password (and any token) replaced by ``***``: safe to print, log or record."""
+    return mask_secrets(url)
 
 
 def _scrub(message: str, url: str) -> str:
-    """First line of a driver error, with the URL's password removed wherever the driver echoed it."""
+    """First line of a driver error, with the URL and its password masked wherever the driver echoed them."""
     line = (str(message).strip().splitlines() or ["?"])[0]
     try:
         from sqlalchemy.engine import make_url
 
         password = make_url(url).password
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - unparsable: the text masking alone applies
         password = None
-    if password:
-        line = line.replace(str(password), "***")
-    return line.replace(url, mask_url(url))
+    return mask_secrets(line.replace(url, mask_url(url)), [str(password)] if password else [])
 
 
 def storage_error(url: str, err: BaseException) -> PipelineError:
@@ -89,10 +82,31 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         raise storage_error(url, err) from None
 
 
-def default_storage_url(runs_dir: str | Path, study: str) -> str:
+def default_storage_url(runs_dir: str | Path, study: str, create: bool = True) -> str:
+    """``sqlite:///RUNS_DIR/tune/<study>.db`` (absolute); its folder is made only with ``create``."""
     path = Path(runs_dir) / "tune" / f"{study}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path.resolve()}"
+
+
+def normalise_setup(setup: dict) -> dict:
+    """A study's identity with its paths made comparable: ``data/x/``, ``./data/x`` and ``/abs/data/x`` are
+    one folder, and no ``--data-dir`` is the competition's default folder when that one holds the data."""
+    from submissions.competitions import COMPETITIONS, get_competition
+
+    out = dict(setup)
+    for key, value in setup.items():
+        if key == "data_dir" and value is None:
+            try:
+                comp = get_competition(str(setup.get("competition")))
+            except PipelineError:
+                continue
+            if comp.name in COMPETITIONS and (comp.default_data / "train.csv").is_file():
+                out[key] = str(comp.default_data.resolve())
+        elif (key.endswith(("_dir", "_file", "_path"))) and isinstance(value, str) and value:
+            out[key] = str(Path(value).expanduser().resolve())
+    return out
 
 
 # ----------------------------------------------------------------------------------- sampler, pruner

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, mask_secrets
 
 TOKEN_URL = "https://www.kaggle.com/settings/api"
 SETUP_HELP = (
@@ -147,11 +147,9 @@ def require_credentials() -> Credentials:
 
 # ------------------------------------------------------------------------------------ the client call
 def scrub(text: str, creds: Credentials | None) -> str:
-    """``text`` with every secret replaced by ``***`` (belt and braces: the client never prints them)."""
-    for secret in creds.secrets if creds else ():
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    """``text`` with every secret replaced by ``***`` (belt and braces: the client never prints them): the
+    credentials' own values, then the shared masking of anything secret-shaped (``mask_secrets``)."""
+    return mask_secrets(text, creds.secrets if creds else ())
 
 
 def _reason(err: BaseException) -> str:

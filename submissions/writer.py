@@ -1,13 +1,32 @@
-"""The one submission writer: validate against the competition's format, then write without overwriting.
+"""The one submission writer: validate against the competition's format, then publish a run atomically.
 
 A run lands as ``<out_dir>/<competition>/<UTC timestamp>_<preset>_cv<score>`` with suffixes
 ``.csv`` (the submission), ``.json`` (the run record), ``_oof.csv`` (out-of-fold predictions) and any
-figures as ``_<name>.png``. Every file is created exclusively (``open(..., "x")``), so nothing is ever
-overwritten: a name clash moves the whole run to a ``-2``, ``-3``... stem.
+figures as ``_<name>.png``.
+
+A run appears whole or not at all, and never overwrites anything:
+
+1. everything is checked and serialised first (the record too, so a NaN score fails before any file);
+2. the files are written into a hidden staging folder inside the target folder (same filesystem);
+3. they are published by hard links (``os.link`` fails if the name exists: no overwrite, ever), the
+   submission first, the record last. Linking the submission is the atomic claim of the stem: of two
+   runs finishing in the same second, the second one's link fails and it moves to ``-2``, ``-3``...
+   Ctrl-C and SIGTERM are held back during the few links and delivered right after, and any error
+   unlinks what was already published, so an interrupted run leaves either a complete run or nothing.
+   (Only a SIGKILL or a power cut inside the links' microseconds can leave a run without its record;
+   ``runs`` ignores such files, and a staging folder a killed writer left is removed by the next writer.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +35,8 @@ import pandas as pd
 
 from pipelines.errors import PipelineError
 from pipelines.records import dumps, git_state, package_versions, utc_now
+
+STAGING = ".staging"
 
 
 @dataclass
@@ -84,12 +105,95 @@ class RunFiles:
     figures: dict[str, Path] = field(default_factory=dict)
 
 
-def _free_stem(folder: Path, base: str) -> str:
-    stem, n = base, 1
-    while any(p.name.startswith(stem + ".") or p.name.startswith(stem + "_") for p in folder.iterdir()):
-        n += 1
-        stem = f"{base}-{n}"
-    return stem
+def check_writable_dir(path: str | Path, flag: str = "--out-dir") -> Path:
+    """Refuse, before any work, a folder that is a file, lies under a file, or cannot be written.
+
+    The folder need not exist: its nearest existing parent must then be a writable folder. Writability is
+    probed by creating a temporary file (``os.access`` says yes to root even on a read-only mount).
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == path else f"{probe} is a file"
+        raise PipelineError(f"{flag} {path}: {where}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise PipelineError(f"{flag} {path}: cannot write in {probe} ({err.strerror or type(err).__name__})") from None
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _sweep_staging(folder: Path) -> None:
+    """Remove staging folders left by writers on this host that no longer run (killed with SIGKILL)."""
+    host = socket.gethostname()
+    for path in folder.glob(f"{STAGING}-*"):
+        parts = path.name.split("-")  # .staging-<pid>-<host...>-<random>
+        if len(parts) >= 4 and parts[1].isdigit() and "-".join(parts[2:-1]) == host and not _pid_alive(int(parts[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT/SIGTERM back for the duration of the block, then deliver them (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is None:  # installed from C: leave it alone
+            continue
+        previous[signum] = signal.signal(signum, lambda n, _frame: received.append(n))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+def _taken(folder: Path, stem: str) -> bool:
+    return any(p.name.startswith((stem + ".", stem + "_")) for p in folder.iterdir())
+
+
+def _publish(folder: Path, base: str, staged: dict[str, Path], staging: Path, render_record) -> str:
+    """Link the staged files under the first free stem, record last; return the stem."""
+    for n in range(1, 10_000):
+        stem = base if n == 1 else f"{base}-{n}"
+        if _taken(folder, stem):
+            continue
+        record = staging / f"record-{n}.json"
+        record.write_text(render_record(stem))
+        linked: list[Path] = []
+        try:
+            for suffix, src in [*staged.items(), (".json", record)]:
+                dst = folder / f"{stem}{suffix}"
+                os.link(src, dst)
+                linked.append(dst)
+            return stem
+        except FileExistsError:  # another run claimed this stem between the listing and the link
+            for path in linked:
+                path.unlink(missing_ok=True)
+        except BaseException:
+            for path in linked:
+                path.unlink(missing_ok=True)
+            raise
+    raise PipelineError(f"{folder}: no free run name for {base}")
 
 
 def write_run(
@@ -103,45 +207,60 @@ def write_run(
     oof: pd.DataFrame | None = None,
     figures: dict | None = None,
 ) -> RunFiles:
-    """Validate ``frame`` and write the submission, its run record, OOF predictions and figures.
+    """Validate ``frame`` and publish the submission, its run record, OOF predictions and figures together.
 
     ``record`` is completed with the time, git state, package versions and the written paths.
     ``figures`` maps a short name to a matplotlib figure, saved as PNG beside the record.
     """
     validate_submission(frame, spec)
-    folder = Path(out_dir) / spec.competition
-    folder.mkdir(parents=True, exist_ok=True)
+    if not math.isfinite(cv_score):
+        raise PipelineError(f"{spec.competition}: the CV score is {cv_score} (a fold had no scorable rows, or a "
+                            "model diverged); nothing was written")
+    folder = check_writable_dir(Path(out_dir) / spec.competition)
     now = utc_now()
     safe_preset = "".join(c if c.isalnum() or c in "-." else "-" for c in preset)
-    stem = _free_stem(folder, f"{now:%Y%m%dT%H%M%SZ}_{safe_preset}_cv{cv_score:.5f}")
-    files = RunFiles(submission=folder / f"{stem}.csv", record=folder / f"{stem}.json")
-    if oof is not None:
-        files.oof = folder / f"{stem}_oof.csv"
-    for name in figures or {}:
-        files.figures[name] = folder / f"{stem}_{name}.png"
+    base = f"{now:%Y%m%dT%H%M%SZ}_{safe_preset}_cv{cv_score:.5f}"
+    suffixes = {"submission": ".csv", **({"oof": "_oof.csv"} if oof is not None else {}),
+                **{f"figure:{name}": f"_{name}.png" for name in figures or {}}}
+    provenance = {"git": git_state(), "packages": package_versions()}
 
-    full = {
-        "competition": spec.competition,
-        "preset": preset,
-        "created_utc": now.isoformat(timespec="seconds"),
-        "cv": cv_score,
-        **record,
-        "git": git_state(),
-        "packages": package_versions(),
-        "files": {
-            "submission": files.submission.name,
-            "oof": files.oof.name if files.oof else None,
-            "figures": {k: v.name for k, v in files.figures.items()},
-        },
-    }
-    with open(files.submission, "x", newline="") as fh:
-        frame.to_csv(fh, index=False)
-    if oof is not None:
-        with open(files.oof, "x", newline="") as fh:
-            oof.to_csv(fh, index=False)
-    for name, fig in (figures or {}).items():
-        with open(files.figures[name], "xb") as fh:
-            fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
-    with open(files.record, "x") as fh:
-        fh.write(dumps(full))
-    return files
+    def render_record(stem: str) -> str:
+        return dumps({
+            "competition": spec.competition,
+            "preset": preset,
+            "created_utc": now.isoformat(timespec="seconds"),
+            "cv": cv_score,
+            **record,
+            **provenance,
+            "files": {
+                "submission": stem + suffixes["submission"],
+                "oof": stem + suffixes["oof"] if oof is not None else None,
+                "figures": {name: f"{stem}_{name}.png" for name in figures or {}},
+            },
+        })
+
+    try:
+        render_record(base)  # serialise before any file exists: NaN or an odd type fails here
+    except (TypeError, ValueError) as err:
+        raise PipelineError(f"{spec.competition}: the run record cannot be saved ({err}); nothing was written") \
+            from None
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _sweep_staging(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}-{os.getpid()}-{socket.gethostname()}-", dir=folder))
+    try:
+        staged = {suffixes["submission"]: staging / "submission.csv"}
+        frame.to_csv(staged[".csv"], index=False)
+        if oof is not None:
+            staged["_oof.csv"] = staging / "oof.csv"
+            oof.to_csv(staged["_oof.csv"], index=False)
+        for name, fig in (figures or {}).items():
+            path = staged[f"_{name}.png"] = staging / f"figure-{len(staged)}.png"
+            fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+        with _signals_held():
+            stem = _publish(folder, base, staged, staging, render_record)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return RunFiles(submission=folder / f"{stem}.csv", record=folder / f"{stem}.json",
+                    oof=folder / f"{stem}_oof.csv" if oof is not None else None,
+                    figures={name: folder / f"{stem}_{name}.png" for name in figures or {}})
