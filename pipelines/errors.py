@@ -22,8 +22,9 @@ _USERINFO = re.compile(
     r"(?P<user>[^\s:/@'\"<>]*):(?P<password>(?!//)[^\s'\"<>]*)@(?=[^\s@'\"<>]*(?:[\s'\"<>]|$))"
 )
 # password=..., token: ..., "api_key": "..." (query strings, env dumps, JSON, driver messages)
-_SECRET_WORD = r"[\w.-]*(?:pass(?:word|wd)?|pwd|token|secret|api[_-]?key|access[_-]?key|key|auth|credentials?)"
-_KEY_VALUE = re.compile(rf"(?i)(?P<key>\b{_SECRET_WORD}[\w.-]*['\"]?\s*[=:]\s*['\"]?)(?P<value>(?!<)[^\s&;,'\"]+)")
+# (the name must *end* in the secret word: KAGGLE_KEY and api_key are secret, KeyError and keys_seen are not)
+_SECRET_WORD = r"[\w.-]*(?:pass(?:word|wd)?|pwd|tokens?|secret|key|auth|authorization|credentials?)(?![A-Za-z0-9])"
+_KEY_VALUE = re.compile(rf"(?i)(?P<key>\b{_SECRET_WORD}['\"]?\s*[=:]\s*['\"]?)(?P<value>(?!<)[^\s&;,'\"]+)")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]{8,}")
 _TOKENS = re.compile(r"\b(?:KGAT_[\w-]+|gh[pousr]_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|xox[abpr]-[\w-]{10,})")
 _SECRET_ENV = re.compile(r"(?i)(pass|pwd|token|secret|key|credential)")
