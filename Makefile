@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup house-prices leaves tune postgres submit runs blend test lint bench clean
+.PHONY: help setup house-prices leaves tune postgres submit runs blend test lint bench bench-real clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ test: $(STAMP)  ## run the test suite (installs PostgreSQL for the tuning tests 
 
 bench: $(STAMP)  ## speed figures: shared training loop vs a plain d2l loop (images/s); more in benchmarks/
 	$(PY) benchmarks/loop_throughput.py
+
+bench-real: $(STAMP)  ## real images: ELPV solar cells (PyPI elpv-dataset, installed here), leaves defaults vs a plain fine-tune
+	$(PY) -m pip install -q 'elpv-dataset==1.0.0.post1'
+	$(PY) benchmarks/real_sets.py $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,14 @@
 """Classify Leaves: fine-tune a pretrained backbone with stratified K-fold CV, TTA and a validated submission.
 
-The recipe: load (CSV + images, decoded once) -> stratified folds (the shared splitter) -> fit per fold
-(the shared training loop: augmentation, mixup/cutmix, EMA, warmup+cosine, early stopping, a
-checkpoint every epoch) -> predict with test-time flips, averaging probabilities over views and folds ->
-write (the shared writer: submission, run record, OOF probabilities, curves and confusion matrix).
+The recipe: load (CSV + images, decoded once, at a size chosen from the model and the data) -> stratified
+folds (the shared splitter) -> fit per fold (the shared training loop: augmentation, EMA, warmup+cosine, a
+checkpoint every epoch) -> predict every test-time view -> keep the views that improve the out-of-fold
+score (chosen on the other folds' rows) -> write (the shared writer: submission, run record, OOF
+probabilities, curves and confusion matrix).
+
+Honest CV: no fold is scored by weights chosen on it. By default every fold trains a fixed number of
+epochs and is scored at the last one; with ``--patience N`` the epoch is early-stopped on an inner split
+of the training folds. The record's ``epoch_choice`` says which.
 
 Works on any folder in the Kaggle layout (``images/``, ``train.csv`` with ``image,label``, ``test.csv``
 with ``image``). Without ``--data-dir`` it uses ``data/classify-leaves/``, else downloads it when Kaggle
@@ -31,6 +36,9 @@ from pipelines.records import REPO_ROOT, dumps
 
 COMPETITION = "classify-leaves"
 DEFAULT_DATA = REPO_ROOT / "data" / "classify-leaves"
+# CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
+# 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 128 px
+CPU_SIZES = (96, 128)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class LeavesConfig:
     model: str = "tf_efficientnet_lite0"
     pretrained: bool = True  # offline ImageNet weights (models/pretrained.py) when the backbone has them
     pretrained_file: str | None = None
-    img_size: int | None = None  # None: 224 on CUDA; on CPU 112, never above the images' median side
+    img_size: int | None = None  # None: 224 on CUDA; on CPU the images' median side within CPU_SIZES
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -55,11 +63,13 @@ class LeavesConfig:
     mix_prob: float = 0.2  # share of batches mixed
     auto_augment: str = "trivial"
     crop_scale: float = 0.5  # smallest area share kept by the random resized crop
+    rotation: float = 30.0  # random rotation, degrees
+    jitter: float = 0.3  # colour jitter (brightness, contrast, saturation)
     ema_decay: float = 0.995  # 0 disables the EMA of weights
-    patience: int = 3  # early stopping on validation accuracy (0 disables)
+    patience: int = 0  # 0: fixed epochs, scored at the last; N: early stopping on an inner split of the train folds
     folds: int = 3
     fold: int | None = None  # train only this fold
-    tta: int = 2  # test-time views: 1 none, 2 + horizontal flip, 3 + vertical flip, 4 + both
+    tta: int = 4  # test-time views tried: 1 none, 2 + horizontal flip, 3 + vertical flip, 4 + both; kept on OOF
     workers: int = -1  # -1: 0 on small CPUs, else up to 8
     compile: bool = False
     progress: bool = True
@@ -81,11 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--model", default=d.model, help=f"models/ or timm backbone name (default {d.model})")
     a("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch")
     a("--pretrained-file", help="local weights (.pth/.safetensors) to start from")
-    a("--img-size", type=int, help="training resolution (default: 224 on CUDA, <=112 on CPU)")
+    a("--img-size", type=int, help="training resolution (default: 224 on CUDA, the images' median side within "
+                                   f"{CPU_SIZES[0]}..{CPU_SIZES[1]} on CPU; never below the model's minimum)")
     for name in ("epochs", "batch_size", "patience", "folds", "tta", "workers"):
         a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "head_lr_mult", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup",
-                 "cutmix", "mix_prob", "crop_scale", "ema_decay"):
+                 "cutmix", "mix_prob", "crop_scale", "rotation", "jitter", "ema_decay"):
         a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
@@ -190,13 +201,41 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> int:
+    """``--img-size``, else 224 on CUDA, else the images' median side (multiple of 16) within ``CPU_SIZES``."""
     if cfg.img_size:
         return cfg.img_size
     if device.type == "cuda":
         return 224
     from features.images import median_side
 
-    return max(32, min(112, median_side(paths) // 16 * 16))
+    return int(np.clip(round(median_side(paths) / 16) * 16, *CPU_SIZES))
+
+
+def fit_size_to_model(model_name: str, size: int) -> int:
+    """``size`` raised to the model's declared ``min_input_size`` (or its fixed input size), then checked with
+    one forward pass of a blank image; a model that still cannot take it is one :class:`PipelineError`."""
+    import torch
+
+    from models._registry import create_model
+
+    model = create_model(model_name, num_classes=2)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    need = size
+    if cfg.get("fixed_input_size") and cfg.get("input_size"):
+        need = int(cfg["input_size"][-1])
+    elif cfg.get("min_input_size"):
+        need = max(size, int(max(cfg["min_input_size"][1:])))
+    if need != size:
+        say(f"{model_name} takes {'exactly' if cfg.get('fixed_input_size') else 'at least'} {need} px: "
+            f"images are resized to {need} px instead of {size}")
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, need, need))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise PipelineError(f"--model {model_name} cannot take {need} px images ({first}); "
+                            f"try a larger --img-size") from None
+    return need
 
 
 def load_data(cfg: LeavesConfig, device) -> LeafData:
@@ -216,7 +255,7 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
         raise PipelineError(f"label {rare!r} has {counts.min()} images, fewer than --folds {cfg.folds}")
     train_paths = [root / p for p in train["image"]]
     test_paths = [root / p for p in test["image"]]
-    size = auto_img_size(cfg, train_paths, device)
+    size = fit_size_to_model(cfg.model, auto_img_size(cfg, train_paths, device))
     workers = max(1, min(8, os.cpu_count() or 1))
     return LeafData(root, source, train, test, classes, y, load_images(train_paths, size, workers),
                     load_images(test_paths, size, workers), size)
@@ -266,6 +305,8 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     from pipelines.training import Trainer, warmup_cosine
 
     model = create_backbone(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
+    if cfg.pretrained or cfg.pretrained_file:
+        zero_head(model)
     head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr},
               {"params": [p for p in model.parameters() if id(p) in head], "lr": cfg.lr * cfg.head_lr_mult}]
@@ -283,11 +324,53 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
                    channels_last=True, batch_hook=hook, ema=ema, progress=cfg.progress, compile=cfg.compile)
 
 
+def zero_head(model) -> None:
+    """Start a fine-tuned model's new classifier at zero: every class equally likely, loss ln(K).
+
+    timm initialises an EfficientNet classifier uniformly in +-1/sqrt(n_classes): with few classes and
+    1280 pretrained features the first logits have a spread of 3-5, the first loss is 5-11 instead of
+    ln(K), and the first epoch spends itself (and the pretrained body's features) undoing that.
+    """
+    import torch
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, torch.nn.Linear):
+        torch.nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            torch.nn.init.zeros_(head.bias)
+
+
+def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``train_idx`` split into (fit, early-stopping) rows: a stratified 10 % (at least one per class) stops."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    n_classes = len(np.unique(y[train_idx]))
+    size = max(n_classes, round(0.1 * len(train_idx)))
+    try:
+        fit, stop = next(StratifiedShuffleSplit(1, test_size=size, random_state=seed).split(train_idx, y[train_idx]))
+    except ValueError as err:
+        raise PipelineError(f"--patience needs an inner early-stopping split of the training folds ({err}); "
+                            "use --patience 0") from None
+    return train_idx[np.sort(fit)], train_idx[np.sort(stop)]
+
+
+def epoch_choice(cfg: LeavesConfig) -> str:
+    """How the weights that score each fold were chosen (goes into the record)."""
+    if cfg.patience > 0:
+        return (f"early stopping (patience {cfg.patience}) on a stratified 10% inner split of the training folds; "
+                "the scored fold never chose an epoch")
+    return f"fixed: the last of {cfg.epochs} epochs; the scored fold never chose an epoch"
+
+
 def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
              on_epoch: Callable[[int, float], None] | None = None) -> dict:
-    """Train one fold (resuming from its last checkpoint), reload its best weights, predict with TTA.
+    """Train one fold (resuming from its last checkpoint) and predict its rows and the test set in every view.
 
-    ``on_epoch(epoch, val_acc)`` is called after each epoch's checkpoint (a tuner reports and prunes there).
+    The fold's rows never choose anything: with ``patience`` 0 the weights after the last epoch score them;
+    else early stopping watches an inner split of ``train_idx`` (:func:`inner_split`). The fold's own
+    accuracy is still measured after each epoch, for the curves and for ``on_epoch(epoch, val_acc)`` (a
+    tuner reports and prunes there). Returns ``valid``/``test`` probabilities of the plain view and
+    ``valid_views``/``test_views`` of shape (views, rows, classes).
     """
     import torch
 
@@ -299,6 +382,9 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
 
     set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
     fold_dir = run_dir / f"fold{fold}"
+    stop_idx = np.array([], dtype=int)
+    if cfg.patience > 0:
+        train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), cfg.seed * 1000 + fold)
     train_set = [data.train_images[i] for i in train_idx]
     n_train_batches = _n_batches(len(train_set), cfg)
     trainer = build_trainer(cfg, len(data.classes), n_train_batches, device)
@@ -307,10 +393,15 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     train_loader = make_loader(
         ImageDataset(train_set, data.y[train_idx],
                      train_transform(data.img_size, mean, std, auto_augment=cfg.auto_augment,
-                                     scale=(cfg.crop_scale, 1.0))),
+                                     scale=(cfg.crop_scale, 1.0), rotation=cfg.rotation, jitter=cfg.jitter)),
         cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
-    valid_loader = make_loader(ImageDataset([data.train_images[i] for i in valid_idx], data.y[valid_idx], evaluate),
-                               cfg, train=False, seed=0, device=device)
+
+    def eval_loader(idx):
+        images = [data.train_images[i] for i in idx]
+        return make_loader(ImageDataset(images, data.y[idx], evaluate), cfg, train=False, seed=0, device=device)
+
+    valid_loader = eval_loader(valid_idx)
+    stop_loader = eval_loader(stop_idx) if len(stop_idx) else None
     test_loader = make_loader(ImageDataset(data.test_images, None, evaluate), cfg, train=False, seed=0,
                               device=device)
 
@@ -327,17 +418,21 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     def on_epoch_end(tr, stats):
         if not np.isfinite(stats["loss"]):
             raise PipelineError(f"fold {fold} diverged at epoch {tr.epoch} (loss is NaN); lower --lr")
-        metrics = tr.evaluate(valid_loader)
-        improved = stopper.step(broadcast_value(metrics["val_acc"]))
-        tr.should_stop = stopper.should_stop
+        metrics = tr.evaluate(valid_loader)  # reported, never used to choose
+        chosen = True  # patience 0: the latest weights are the ones that score the fold
+        if stop_loader is not None:
+            metrics["stop_acc"] = tr.evaluate(stop_loader)["val_acc"]
+            chosen = stopper.step(broadcast_value(metrics["stop_acc"]))
+            tr.should_stop = stopper.should_stop
         history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
+        stop = f" stop_acc {metrics['stop_acc']:.4f}" if "stop_acc" in metrics else ""
         say(f"fold {fold} epoch {tr.epoch}/{cfg.epochs}: loss {stats['loss']:.3f} acc {stats.get('acc', 0):.3f} "
-            f"val_loss {metrics['val_loss']:.3f} val_acc {metrics['val_acc']:.4f} "
+            f"val_loss {metrics['val_loss']:.3f} val_acc {metrics['val_acc']:.4f}{stop} "
             f"({stats['samples_per_s']:.0f} img/s)")
         if is_main_process():
-            if improved:
+            if chosen:
                 save_checkpoint(best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
-                                       "val_acc": metrics["val_acc"], "classes": data.classes})
+                                       "classes": data.classes})
             save_checkpoint(last, {"trainer": tr.state_dict(), "early_stopping": stopper.state_dict(),
                                    "history": history, "finished": tr.should_stop or tr.epoch >= cfg.epochs})
         _barrier()
@@ -349,14 +444,40 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     trainer.fit(train_loader, cfg.epochs - trainer.epoch)
     train_seconds = time.perf_counter() - start
     _barrier()
-    trainer.eval_model.load_state_dict(load_checkpoint(best)["model"])
+    chosen = load_checkpoint(best)
+    trainer.eval_model.load_state_dict(chosen["model"])
 
-    def tta_probs(loader) -> np.ndarray:
-        views = [trainer.predict(loader, transform=v).softmax(1) for v in tta_views(cfg.tta)]
-        return torch.stack(views).mean(0).numpy()
+    def view_probs(loader) -> np.ndarray:
+        return torch.stack([trainer.predict(loader, transform=v).softmax(1) for v in tta_views(cfg.tta)]).numpy()
 
-    return {"valid": tta_probs(valid_loader), "test": tta_probs(test_loader), "history": history,
-            "train_seconds": train_seconds, "best_epoch": stopper.best_epoch + 1}
+    valid_views, test_views = view_probs(valid_loader), view_probs(test_loader)
+    return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
+            "history": history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
+            "n_fit": len(train_idx), "n_stop": len(stop_idx)}
+
+
+def choose_tta(valid_views: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:
+    """How many test-time views to average, chosen on out-of-fold accuracy, cross-fitted.
+
+    ``valid_views`` (views, rows, classes) holds every trained row's probabilities per view. Candidates are
+    the first 1..V views. Each fold's rows get the count that scores best on the *other* folds' rows (ties:
+    fewer views), so the reported CV stays honest; the test set gets the count best on all rows.
+    """
+    n_views = len(valid_views)
+    means = np.cumsum(valid_views, axis=0) / np.arange(1, n_views + 1)[:, None, None]
+    hits = means.argmax(2) == np.asarray(y)[None, :]
+
+    def best(rows: np.ndarray) -> int:
+        acc = hits[:, rows].mean(1)
+        return int(np.flatnonzero(acc >= acc.max() - 1e-12)[0]) + 1
+
+    oof, per_fold = np.empty_like(valid_views[0]), {}
+    for k in np.unique(folds):
+        rows, others = folds == k, folds != k
+        per_fold[int(k)] = best(others) if others.any() else 1  # a single trained fold has nothing to choose on
+        oof[rows] = means[per_fold[int(k)] - 1, rows]
+    return {"oof": oof, "per_fold": per_fold, "test": best(np.ones(len(folds), bool)),
+            "oof_accuracy": {k + 1: float(hits[k].mean()) for k in range(n_views)}}
 
 
 def _n_batches(n: int, cfg: LeavesConfig) -> int:
@@ -492,12 +613,21 @@ def run_config(cfg: LeavesConfig) -> int:
         info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
         fold_info[fold] = info
         say(f"fold {fold}: accuracy {np.mean(info['valid'].argmax(1) == data.y[valid_idx]):.4f} "
-            f"(best epoch {info['best_epoch']}, {info['train_seconds']:.0f} s training)")
+            f"(weights of epoch {info['epoch_used']}, {info['train_seconds']:.0f} s training)")
         return info["valid"], info["test"]
 
     result = cross_validate(fit_predict, folds, data.y, accuracy,
                             only_folds=None if cfg.fold is None else [cfg.fold])
     trained = np.isin(folds, sorted(fold_info))
+    views = np.zeros((len(fold_info[next(iter(fold_info))]["valid_views"]), len(folds), len(data.classes)))
+    for k, info in fold_info.items():
+        views[:, folds == k] = info["valid_views"]
+    tta = choose_tta(views[:, trained], data.y[trained], folds[trained])
+    result.oof[trained] = tta["oof"]
+    result.fold_scores = [accuracy(data.y[folds == k], result.oof[folds == k]) for k in sorted(fold_info)]
+    result.test = np.mean([info["test_views"][: tta["test"]].mean(0) for info in fold_info.values()], axis=0)
+    say("test-time views by OOF accuracy: " + ", ".join(f"{k}: {a:.4f}" for k, a in tta["oof_accuracy"].items())
+        + f"; the test set uses {tta['test']}")
     say("fold accuracies: " + ", ".join(f"{k}: {s:.4f}" for k, s in zip(sorted(fold_info), result.fold_scores,
                                                                          strict=True)))
     say(f"cv accuracy: {result.mean:.4f} +- {result.std:.4f}")
@@ -523,7 +653,11 @@ def run_config(cfg: LeavesConfig) -> int:
         "trained_folds": sorted(fold_info),
         "fold_scores": result.fold_scores,
         "cv_std": result.std,
-        "fold_best_epochs": {k: v["best_epoch"] for k, v in fold_info.items()},
+        "epoch_choice": epoch_choice(cfg),
+        "fold_epochs_used": {k: v["epoch_used"] for k, v in fold_info.items()},
+        "tta": {"views_tried": len(views), "oof_accuracy_by_views": tta["oof_accuracy"],
+                "views_per_fold": tta["per_fold"], "views_test": tta["test"],
+                "rule": "each fold's rows use the view count best on the other folds' rows; test: best on all"},
         "history": {k: v["history"] for k, v in fold_info.items()},
         "timings": {"load_s": load_seconds, "fold_s": result.fold_seconds,
                     "total_s": time.perf_counter() - t0},

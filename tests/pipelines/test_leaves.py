@@ -54,6 +54,75 @@ def test_end_to_end_writes_a_valid_submission_and_record(tiny_leaves, tmp_path, 
     run_dir = Path(record["run_dir"])
     assert json.loads((run_dir / "classes.json").read_text())["classes"] == record["classes"]
     assert (run_dir / "fold0" / "best.pt").is_file() and (run_dir / "fold1" / "last.pt").is_file()
+    # honest CV: no fold chose its epoch; the record says so, and each fold used its last epoch
+    assert record["epoch_choice"].startswith("fixed: the last of 2 epochs")
+    assert record["fold_epochs_used"] == {"0": 2, "1": 2}
+    assert record["tta"]["views_tried"] == 4 and 1 <= record["tta"]["views_test"] <= 4
+
+
+def test_patience_early_stops_on_an_inner_split_never_on_the_scored_fold(tiny_leaves, tmp_path, capsys):
+    assert run_leaves(tiny_leaves, tmp_path, "--patience", "1", "--fold", "0") == 0
+    out = capsys.readouterr().out
+    assert "stop_acc" in out
+    record = json.loads(Path(out.strip().splitlines()[-1].removeprefix("submission: ")).with_suffix(".json")
+                        .read_text())
+    assert "inner split of the training folds" in record["epoch_choice"]
+
+
+def test_inner_split_is_a_stratified_part_of_the_training_rows():
+    import numpy as np
+
+    from pipelines.leaves import inner_split
+
+    y = np.repeat([0, 1, 2], 20)
+    train_idx = np.arange(0, 60, 2)  # 10 rows of each class
+    fit, stop = inner_split(y, train_idx, seed=0)
+    assert set(fit) | set(stop) == set(train_idx) and not set(fit) & set(stop)
+    assert sorted(np.bincount(y[stop], minlength=3)) == [1, 1, 1]
+
+
+def test_tta_views_are_chosen_on_the_other_folds_only():
+    """Two views help folds 0 and 1 and hurt fold 2. Each fold gets the count its *other* folds favour:
+    fold 2 gets two views although its own rows prefer one; folds 0 and 1 see a tie and keep one."""
+    import numpy as np
+
+    from pipelines.leaves import choose_tta
+
+    y = np.zeros(6, dtype=int)
+    folds = np.array([0, 0, 1, 1, 2, 2])
+    plain = np.array([[0.4, 0.6]] * 4 + [[0.6, 0.4]] * 2)  # one view: only fold 2 right
+    flip = np.array([[0.9, 0.1]] * 4 + [[0.1, 0.9]] * 2)  # mean of two views: folds 0 and 1 right
+    tta = choose_tta(np.stack([plain, flip]), y, folds)
+    assert tta["per_fold"] == {0: 1, 1: 1, 2: 2}
+    assert np.array_equal(tta["oof"].argmax(1) == 0, [False] * 4 + [False] * 2)
+    assert tta["oof_accuracy"] == {1: 2 / 6, 2: 4 / 6} and tta["test"] == 2
+
+
+def test_pretrained_head_starts_at_uniform_loss():
+    """The first-epoch loss explosion: timm's classifier init gave a first loss of 5-11 on 4-10 classes."""
+    import math
+
+    import torch
+
+    from pipelines.leaves import LeavesConfig, build_trainer
+
+    trainer = build_trainer(LeavesConfig(progress=False), n_classes=4, steps_per_epoch=1, device=torch.device("cpu"))
+    trainer.module.eval()
+    logits = trainer.module(torch.rand(2, 3, 64, 64))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3]))
+    assert torch.allclose(loss, torch.tensor(math.log(4)))
+
+
+def test_image_size_is_raised_to_the_model_minimum_or_refused(tiny_leaves, tmp_path, capsys):
+    from pipelines.leaves import fit_size_to_model
+
+    assert fit_size_to_model("alexnet", 32) == 65  # declared min_input_size
+    assert fit_size_to_model("alexnet", 96) == 96
+    assert "takes at least 65 px" in capsys.readouterr().out
+    assert run_leaves(tiny_leaves, tmp_path, "--model", "inception_v3", "--img-size", "16") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --model inception_v3 cannot take 16 px images") and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_one_fold_only(tiny_leaves, tmp_path, capsys):
