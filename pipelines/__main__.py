@@ -13,12 +13,14 @@ tracebacks) goes to the same file, not the terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
 import tempfile
 import traceback
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,14 +107,23 @@ def unexpected(err: BaseException, handler: LazyFileHandler, debug: bool) -> str
                         f"(full traceback in {handler.baseFilename}; --debug shows it here)")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` with secrets masked: a library's warning may quote a URL or a setting."""
+    text = mask_secrets(warnings.formatwarning(message, category, filename, lineno, line))
+    with contextlib.suppress(OSError):
+        (file or sys.stderr).write(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    handler = log_handler(args.command)
+    debug = "--debug" in argv
+    handler = log_handler(next((a for a in argv if not a.startswith("-")), "cli"))
+    warnings.showwarning = _show_warning
     try:
+        args = build_parser(argv).parse_args(argv)  # imports the command: a broken install fails here, in one line
         return int(args._module.run(args) or 0)
     except PipelineError as err:
-        if args.debug:
+        if debug:
             print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the one place where any failure becomes one line
-        print(f"error: {unexpected(err, handler, args.debug)}", file=sys.stderr)
+        print(f"error: {unexpected(err, handler, debug)}", file=sys.stderr)
         return 1
     finally:
         logging.getLogger().removeHandler(handler)

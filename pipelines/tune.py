@@ -128,26 +128,32 @@ def make_objective(args: argparse.Namespace):
 
 
 # ------------------------------------------------------------------------------------------- studies
-def validate_inputs(args: argparse.Namespace) -> None:
+def validate_inputs(args: argparse.Namespace, objective) -> None:
     """Everything a study's first trial would trip on, checked before any study or storage file exists:
-    the data (read with the pipeline's own checks), the folds for its rows, the folders written to."""
+    the data (read with the pipeline's own checks), the folds for its rows, the settings, the folders."""
     from pipelines.cv import make_folds
     from submissions.writer import check_writable_dir
 
+    if args.folds is not None and args.folds < 2:  # 0 must not silently mean the default
+        raise PipelineError(f"--folds must be at least 2, got {args.folds}")
     if args.competition == "house-prices":
         from pipelines.house_prices import load
 
         train, _ = load(args.data_dir)
         make_folds(len(train), args.folds or 5)  # refuses too few rows for the folds
-    elif args.data_dir is not None:
-        from pipelines.leaves import read_table
+    else:
+        from pipelines.leaves import check_config, read_table
 
-        root = Path(args.data_dir)
-        if not root.is_dir():
-            raise PipelineError(f"--data-dir not found: {root}")
-        train = read_table(root / "train.csv", ["image", "label"])
-        read_table(root / "test.csv", ["image"])
-        make_folds(len(train), args.folds or 3)
+        if args.epochs is not None and args.epochs < 1:  # 0 must not silently mean the default
+            raise PipelineError(f"--epochs must be at least 1, got {args.epochs}")
+        check_config(objective.base)
+        if args.data_dir is not None:
+            root = Path(args.data_dir)
+            if not root.is_dir():
+                raise PipelineError(f"--data-dir not found: {root}")
+            train = read_table(root / "train.csv", ["image", "label"])
+            read_table(root / "test.csv", ["image"])
+            make_folds(len(train), objective.base.folds)
     check_writable_dir(args.runs_dir, "--runs-dir")
     if args.best:
         check_writable_dir(args.out_dir)
@@ -289,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO)
     args.study = args.study or args.competition
     objective = make_objective(args)
-    validate_inputs(args)  # before any study exists: a typo must not leave a study behind
+    validate_inputs(args, objective)  # before any study exists: a typo must not leave a study behind
     args.storage = args.storage or tuning.default_storage_url(args.runs_dir, args.study)
     url = args.storage
     study = open_study(args, objective, url)

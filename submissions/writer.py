@@ -171,6 +171,17 @@ def _taken(folder: Path, stem: str) -> bool:
     return any(p.name.startswith((stem + ".", stem + "_")) for p in folder.iterdir())
 
 
+def _place(src: Path, dst: Path) -> None:
+    """Give ``src`` the name ``dst`` unless ``dst`` exists (``FileExistsError``): never an overwrite."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this filesystem: claim the name exclusively, then move onto the claim
+        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.replace(src, dst)
+
+
 def _publish(folder: Path, base: str, staged: dict[str, Path], staging: Path, render_record) -> str:
     """Link the staged files under the first free stem, record last; return the stem."""
     for n in range(1, 10_000):
@@ -183,7 +194,7 @@ def _publish(folder: Path, base: str, staged: dict[str, Path], staging: Path, re
         try:
             for suffix, src in [*staged.items(), (".json", record)]:
                 dst = folder / f"{stem}{suffix}"
-                os.link(src, dst)
+                _place(src, dst)
                 linked.append(dst)
             return stem
         except FileExistsError:  # another run claimed this stem between the listing and the link

@@ -258,3 +258,14 @@ def test_after_ctrl_c_in_trial_0_resume_reruns_the_presets_defaults(tmp_path, mo
     defaults = trial0.system_attrs["fixed_params"]  # what enqueue_trial queued for trial 0
     assert defaults == {"lasso.alpha": 0.0005}
     assert len(done) == 1 and done[0].user_attrs["preset_defaults"] and done[0].params == defaults
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tune", "house-prices", "--folds", "0"], "--folds must be at least 2"),
+    (["tune", "leaves", "--epochs", "0"], "--epochs must be at least 1"),
+    (["tune", "leaves", "--set", "img_size=0"], "--img-size must be at least 16"),
+])
+def test_tune_refuses_zero_settings_before_a_study_exists(argv, message, tmp_path, capsys):
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--no-plots"]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()

@@ -169,3 +169,16 @@ def test_sigint_during_a_real_house_prices_write_is_one_line_and_leaves_nothing_
     else:
         assert proc.returncode == 130 and stderr.strip() == "error: interrupted"
         assert len(stems) <= 1
+
+
+def test_without_hard_links_the_writer_claims_names_exclusively(tmp_path, monkeypatch):
+    """Filesystems without hard links (FAT, some network mounts): same guarantees through O_EXCL + replace."""
+
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={}, oof=GOOD)
+    second = write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={}, oof=GOOD)
+    assert first.record != second.record
+    assert len(assert_whole_runs(tmp_path / "toy")) == 2
