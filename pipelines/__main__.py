@@ -81,6 +81,9 @@ class LazyFileHandler(logging.FileHandler):
             self.baseFilename = os.path.join(tempfile.gettempdir(), Path(self.baseFilename).name)
             return super()._open()
 
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """A log that cannot be written must not print logging's own traceback to the terminal."""
+
 
 def log_handler(command: str) -> LazyFileHandler:
     """The handler of this invocation's log file, attached to the root logger."""
@@ -103,8 +106,9 @@ def unexpected(err: BaseException, handler: LazyFileHandler, debug: bool) -> str
         print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
     first = (str(err).strip().splitlines() or [""])[0]
     first = first if len(first) <= 300 else first[:297] + "..."
-    return mask_secrets(f"{type(err).__name__}{': ' + first if first else ''} "
-                        f"(full traceback in {handler.baseFilename}; --debug shows it here)")
+    where = (f"full traceback in {handler.baseFilename}" if os.path.isfile(handler.baseFilename)
+             else "no log file could be written")
+    return mask_secrets(f"{type(err).__name__}{': ' + first if first else ''} ({where}; --debug shows it here)")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

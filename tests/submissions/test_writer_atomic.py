@@ -28,6 +28,12 @@ def env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def interactive_sigint() -> None:
+    """In the child, SIGINT as in a terminal: a test run in the background (``make test &``, CI) inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def assert_whole_runs(folder: Path, parts=PARTS) -> list[str]:
     """Every run in ``folder`` has all its files and a readable record; nothing else is there."""
     if not folder.exists():
@@ -133,7 +139,7 @@ def test_sigint_at_any_moment_of_writing_leaves_whole_runs_or_nothing(tmp_path):
     and the folder holds only whole runs (csv, oof, figure and a readable record), never a partial one."""
     out, stop = tmp_path / "out", tmp_path / "stop"
     proc = subprocess.Popen([sys.executable, "-c", LOOP, str(out), str(stop)], cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interactive_sigint)
     assert proc.stdout.readline().strip() == "ready"
     rng = np.random.default_rng(0)
     for _ in range(60):
@@ -155,7 +161,8 @@ def test_sigint_during_a_real_house_prices_write_is_one_line_and_leaves_nothing_
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipelines", "house-prices", "--models", "lasso", "--folds", "2", "--no-progress",
            "--out-dir", str(out)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interactive_sigint)
     deadline = time.monotonic() + 120
     while not (out / "house-prices").is_dir() or not any((out / "house-prices").iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before writing"
