@@ -180,6 +180,28 @@ class SkewCorrector(_FrameTransformer):
         return X
 
 
+class RangeClipper(_FrameTransformer):
+    """Clip every numeric column to the range it had in the rows passed to ``fit``.
+
+    Trees cannot extrapolate and are unaffected (no split lies outside the training range); linear,
+    kernel, k-NN and MLP models would extrapolate a house far outside the training range (a 20,000 sq ft
+    mansion) linearly in log price, so they see it as the largest house they were fitted on instead.
+    """
+
+    def fit(self, X: pd.DataFrame, y=None):
+        numeric = X.select_dtypes("number")
+        self.lower_, self.upper_ = numeric.min().to_dict(), numeric.max().to_dict()
+        self._remember_names(X)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        X = X.copy()
+        for c, low in self.lower_.items():
+            if c in X:
+                X[c] = X[c].clip(lower=low, upper=self.upper_[c])
+        return X
+
+
 def d2l_features(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """The d2l recipe, exactly: standardize numerics over train+test features, NaN → 0, one-hot with NaN.
 
@@ -195,7 +217,7 @@ def d2l_features(train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, n
 
 
 def make_preprocessor() -> Pipeline:
-    """The strong preset's feature pipeline: impute → ordinal → engineer → unskew → scale + one-hot."""
+    """The strong preset's feature pipeline: impute → ordinal → engineer → unskew → clip → scale + one-hot."""
     numeric = make_column_selector(dtype_include="number")
     categorical = make_column_selector(dtype_exclude="number")
     encode = ColumnTransformer(
@@ -211,5 +233,6 @@ def make_preprocessor() -> Pipeline:
         ("ordinal", OrdinalMapper()),
         ("features", HouseFeatures()),
         ("unskew", SkewCorrector()),
+        ("clip", RangeClipper()),
         ("encode", encode),
     ])

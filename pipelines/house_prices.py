@@ -7,9 +7,12 @@ Presets:
   one-hot inside every fold; a zoo of models on ``log1p(price)`` (``pipelines.house_models``) and a
   level-2 stack: non-negative weights summing to one, fitted on the out-of-fold predictions.
 
-Every CV here scores every training row, as the leaderboard will. Leaving the two documented outliers
-(huge partial sales) out of *fitting* is an option (``--drop-outliers``); the run reports their errors
-and, for comparison only, the CV with them unscored. ``--repeats R`` scores R independent K-fold splits.
+Every CV here scores every training row, as the leaderboard will. Which models are fitted without the
+two documented outliers (huge partial sales) is an option: ``--drop-outliers`` (every model),
+``--keep-outliers`` (none) or the strong preset's default, the smooth models only (``SMOOTH_MODELS``:
+two high-leverage rows tilt a linear fit for every house, while trees isolate them and learn from them).
+The run reports their out-of-fold errors and, for comparison only, the CV with them unscored.
+``--repeats R`` scores R independent K-fold splits.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ ID, TARGET = "Id", "SalePrice"
 DEFAULT_DIR = REPO_ROOT / "data" / "house-prices"
 SHIPPED_MD5 = {"train.csv": "80ccab65fb115cbad143dbbd2bcd5577", "test.csv": "dcec4b79bf9c7317bd9e17789bf888f0"}
 PRESETS = ("d2l", "strong")
-# leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: chosen on the
-# all-rows CV (docs/house-prices.md)
-DROP_OUTLIERS_DEFAULT = {"d2l": False, "strong": False}
+# leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: the smooth
+# models only (None), chosen on the all-rows repeated CV (docs/house-prices.md)
+DROP_OUTLIERS_DEFAULT: dict[str, bool | None] = {"d2l": False, "strong": None}
 
 
 @dataclass
@@ -49,11 +52,12 @@ class HousePricesConfig:
     folds: int = 5
     repeats: int = 1  # repeated K-fold: repeat r uses fold seed ``seed + r``
     seed: int = 0
-    drop_outliers: bool | None = None  # leave the two outliers out of fitting (None: the preset's default)
+    drop_outliers: bool | None = None  # fit every model without the two outliers / none (None: preset default)
     data_dir: str | None = None
     out_dir: str = "submissions"
     test_pred: str = "refit"  # "refit" on all training rows, or "average" the fold models
-    models: list[str] | None = None  # strong: subset of STRONG_MODELS (default: all)
+    models: list[str] | None = None  # strong: models of the zoo (default: DEFAULT_MODELS, or FAST_MODELS if fast)
+    fast: bool = False  # strong: the quick model set (FAST_MODELS)
     params: dict[str, dict] = field(default_factory=dict)  # strong: per-model hyperparameter overrides
     progress: bool = True
     extra_record: dict = field(default_factory=dict)  # merged into the run record (e.g. tuning study/trial)
@@ -160,23 +164,25 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
 
 
 def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig,
-               fit_mask: np.ndarray | None = None, *, on_fold_end: FoldHook | None = None,
+               outliers: np.ndarray | None = None, *, on_fold_end: FoldHook | None = None,
                feature_cache: dict | None = None) -> dict[str, list[CVResult]]:
     """Fit every strong model on the same folds; the preprocessing is fitted once per fold, on its rows.
+
+    ``outliers`` marks the rows that the models in ``fitted_without_outliers(cfg)`` are not fitted on.
 
     ``feature_cache`` keeps the per-fold matrices across calls on the same data and folds (a tuner's
     trials only change model parameters, so the preprocessing need not be refitted every trial).
     """
-    from pipelines.house_models import make_model, make_preprocessor, model_names
+    from pipelines.house_models import FAST_MODELS, make_model, make_preprocessor, model_names
 
-    names = model_names(cfg.models)
+    names = model_names(cfg.models or (list(FAST_MODELS) if cfg.fast else None))
+    dropping = fitted_without_outliers(cfg, names)
     X, X_test = train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])
     y = np.log1p(train[TARGET].to_numpy())
     cache: dict = {} if feature_cache is None else feature_cache
-    fit_key = "all" if fit_mask is None else "masked"
 
     def features(key, fit_idx: np.ndarray, *predict_frames: pd.DataFrame):
-        key = (fit_key, key)
+        key = (len(fit_idx), key)  # the same fold with or without the outliers
         if key not in cache:
             prep = make_preprocessor().fit(X.iloc[fit_idx])
             cache[key] = (prep.transform(X.iloc[fit_idx]), *(prep.transform(f) for f in predict_frames))
@@ -196,7 +202,7 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
             return make_model(name, cfg.seed, **params).fit(Xtr, y[idx]).predict(Xte)
 
         results[name] = cv_repeats(
-            fit_predict, folds, y, blending.rmse, fit_mask=fit_mask,
+            fit_predict, folds, y, blending.rmse, fit_mask=~outliers if name in dropping else None,
             refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
             on_fold_end=None if on_fold_end is None else (lambda step, mean, name=name: on_fold_end(name, step, mean)),
         )
@@ -204,9 +210,18 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
 
 
 # ------------------------------------------------------------------------------------------ the run
-def drops_outliers(cfg: HousePricesConfig) -> bool:
-    """Whether this run leaves the two documented outliers out of fitting (``None``: the preset's default)."""
-    return DROP_OUTLIERS_DEFAULT[cfg.preset] if cfg.drop_outliers is None else cfg.drop_outliers
+def fitted_without_outliers(cfg: HousePricesConfig, names: list[str]) -> list[str]:
+    """The models of ``names`` that this run fits without the two documented outliers."""
+    from pipelines.house_models import SMOOTH_MODELS
+
+    drop = DROP_OUTLIERS_DEFAULT[cfg.preset] if cfg.drop_outliers is None else cfg.drop_outliers
+    return [n for n in names if (n in SMOOTH_MODELS if drop is None else drop)]
+
+
+def outlier_policy(cfg: HousePricesConfig) -> str:
+    """``drop``, ``keep`` or ``smooth models drop``: what a study or record says about the outliers."""
+    drop = DROP_OUTLIERS_DEFAULT[cfg.preset] if cfg.drop_outliers is None else cfg.drop_outliers
+    return "smooth models drop" if drop is None else "drop" if drop else "keep"
 
 
 def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: FoldHook | None = None,
@@ -228,17 +243,16 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
     price = train[TARGET].to_numpy()
     outliers = outlier_mask(train)
-    drop = drops_outliers(cfg)
-    fit_mask = ~outliers if drop else None
 
     if cfg.preset == "d2l":
-        results = run_d2l(train, test, folds, cfg, fit_mask)
+        results = run_d2l(train, test, folds, cfg, ~outliers if fitted_without_outliers(cfg, ["linear"]) else None)
         to_price = lambda a: a  # noqa: E731 - d2l predicts the price itself
     else:
-        results = run_strong(train, test, folds, cfg, fit_mask, on_fold_end=on_fold_end, feature_cache=feature_cache)
+        results = run_strong(train, test, folds, cfg, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
         to_price = np.expm1
 
     names = list(results)
+    dropping = fitted_without_outliers(cfg, names)
     # (repeats, rows, models) out-of-fold log prices; test: the refit (or every fold model's average)
     log_oof = np.stack([np.column_stack([_log(to_price(results[n][r].oof)) for n in names])
                         for r in range(cfg.repeats)])
@@ -262,7 +276,8 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
                         "cv_excluding_outliers": float(np.mean(excl)), "fold_seconds": fold_seconds,
                         "fit_seconds": float(np.mean(fold_seconds)), "weight": float(weights[i])}
     summary = {"cv_mean": cv_mean, "cv_std": cv_std, "rows": len(train), "repeat_means": stack["repeat_means"],
-               "cv_excluding_outliers": stack_excl["cv_mean"], "drop_outliers": drop, "models": per_model,
+               "cv_excluding_outliers": stack_excl["cv_mean"], "outlier_policy": outlier_policy(cfg),
+               "fitted_without_outliers": dropping, "models": per_model,
                "weights": dict(zip(names, map(float, weights), strict=True)), "seconds": seconds,
                "outlier_errors": {int(i): float(e) for i, e in zip(train[ID][outliers], (np.log(blend_oof) - log_y)[
                    outliers], strict=True)}}
@@ -285,7 +300,7 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
         "cv_excluding_outliers": stack_excl["cv_mean"],
         "scored_rows": len(train),
         "excluded_from_score": [],
-        "outliers": {"ids": train[ID][outliers].tolist(), "excluded_from_fit": drop,
+        "outliers": {"ids": train[ID][outliers].tolist(), "policy": outlier_policy(cfg), "fitted_without": dropping,
                      "oof_log_error": summary["outlier_errors"]},
         "blend_weights": summary["weights"],
         "models": per_model,
@@ -360,12 +375,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder with train.csv/test.csv (default: data/house-prices)")
     parser.add_argument("--test-pred", choices=("refit", "average"), default="refit",
                         help="test predictions from a refit on all rows, or the average of the fold models")
-    parser.add_argument("--models", default=None, help="strong preset: comma-separated subset of models")
+    parser.add_argument("--models", default=None,
+                        help="strong preset: comma-separated models of the zoo (pipelines/house_models.py)")
+    parser.add_argument("--fast", action="store_true", help="strong preset: the quick model set (FAST_MODELS)")
     outl = parser.add_mutually_exclusive_group()
     outl.add_argument("--drop-outliers", dest="drop_outliers", action="store_true", default=None,
-                      help="leave the two documented outliers out of fitting (they are still scored)")
+                      help="fit every model without the two documented outliers (they are still scored); "
+                           "default: strong fits its smooth models (linear, kernel, k-NN, MLP) without them")
     outl.add_argument("--keep-outliers", dest="drop_outliers", action="store_false",
-                      help="fit on every row (the default of both presets)")
+                      help="fit every model on every row (d2l's default)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -373,7 +391,7 @@ def config_from_args(args: argparse.Namespace) -> HousePricesConfig:
     return HousePricesConfig(
         preset=args.preset, folds=args.folds, repeats=args.repeats, seed=args.seed, data_dir=args.data_dir,
         out_dir=args.out_dir, test_pred=args.test_pred, models=args.models.split(",") if args.models else None,
-        drop_outliers=args.drop_outliers, progress=not args.no_progress,
+        drop_outliers=args.drop_outliers, fast=args.fast, progress=not args.no_progress,
     )
 
 
@@ -384,7 +402,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:>10}: CV {info['cv_mean']:.5f} ± {info['cv_std']:.5f}  (outliers unscored "
               f"{info['cv_excluding_outliers']:.5f})  weight {info['weight']:.3f}  {info['fit_seconds']:.2f}s/fit")
     errors = ", ".join(f"Id {i} {e:+.2f}" for i, e in out["outlier_errors"].items())
-    print(f"outliers {'left out of' if out['drop_outliers'] else 'kept in'} fitting; their OOF log errors: {errors}; "
+    without = ", ".join(out["fitted_without_outliers"]) or "none"
+    print(f"outliers ({out['outlier_policy']}; fitted without them: {without}): OOF log errors {errors}; "
           f"CV with them unscored {out['cv_excluding_outliers']:.5f} (comparison only)")
     spread = f"fold spread ± {out['cv_std']:.5f}"
     if cfg.repeats > 1:

@@ -54,11 +54,11 @@ class HousePricesObjective:
     @property
     def setup(self) -> dict:
         """What makes two trials comparable: a study refuses to mix trials from different setups."""
-        from pipelines.house_prices import drops_outliers
+        from pipelines.house_prices import outlier_policy
 
         return {"competition": "house-prices", "folds": self.base.folds, "repeats": self.base.repeats,
                 "seed": self.base.seed, "models": self.base.models, "data_dir": self.base.data_dir,
-                "scored": "all rows", "drop_outliers": drops_outliers(self.base)}
+                "scored": "all rows", "outliers": outlier_policy(self.base)}
 
     def config(self, trial: optuna.Trial | optuna.trial.FixedTrial):
         from pipelines.house_models import SEARCH_SPACES
