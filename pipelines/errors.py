@@ -36,6 +36,14 @@ def secret_env_values(environ: dict[str, str] | None = None) -> list[str]:
     return [v for k, v in env.items() if _SECRET_ENV.search(k) and len(v) >= 8 and not os.path.exists(v)]
 
 
+def secrets_in(text: str) -> list[str]:
+    """The passwords ``mask_secrets`` would hide in ``text`` (e.g. a storage URL), and each ``@``-separated piece
+    of them: a driver that split ``u:pass@word@host`` at the first ``@`` echoes ``word@host`` as the host."""
+    found = [m["password"] for m in _USERINFO.finditer(text)] + [m["value"] for m in _KEY_VALUE.finditer(text)]
+    pieces = {p for secret in found for p in (secret, *secret.split("@")) if len(p) >= 3}
+    return sorted(pieces, key=len, reverse=True)
+
+
 def mask_secrets(text: object, secrets: Iterable[str] = ()) -> str:
     """``text`` with every password, token and known secret value replaced by ``***``.
 

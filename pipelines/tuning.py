@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipelines.errors import PipelineError, mask_secrets
+from pipelines.errors import PipelineError, mask_secrets, secrets_in
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
 LIVE = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)  # will count unless a worker dies
@@ -51,7 +51,9 @@ def _scrub(message: str, url: str) -> str:
         password = make_url(url).password
     except Exception:  # noqa: BLE001 - unparsable: the text masking alone applies
         password = None
-    return mask_secrets(line.replace(url, mask_url(url)), [str(password)] if password else [])
+    # the password as the driver parsed it, and as mask_secrets reads it (up to the last '@', in pieces)
+    secrets = [str(password)] if password else []
+    return mask_secrets(line.replace(url, mask_url(url)), [*secrets, *secrets_in(url)])
 
 
 def storage_error(url: str, err: BaseException) -> PipelineError:
