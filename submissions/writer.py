@@ -126,6 +126,21 @@ def check_writable_dir(path: str | Path, flag: str = "--out-dir") -> Path:
     return path
 
 
+def _first_nonfinite(obj, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity in a record (``models.lasso.fold_scores[1]``), if any."""
+    if isinstance(obj, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple | np.ndarray):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return path if isinstance(obj, float | np.floating) and not math.isfinite(obj) else None
+    for sub, value in items:
+        found = _first_nonfinite(value, sub)
+        if found:
+            return found
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -253,7 +268,9 @@ def write_run(
     try:
         render_record(base)  # serialise before any file exists: NaN or an odd type fails here
     except (TypeError, ValueError) as err:
-        raise PipelineError(f"{spec.competition}: the run record cannot be saved ({err}); nothing was written") \
+        where = _first_nonfinite(record)
+        detail = f"{where} is not a finite number" if where else str(err)
+        raise PipelineError(f"{spec.competition}: the run record cannot be saved ({detail}); nothing was written") \
             from None
 
     folder.mkdir(parents=True, exist_ok=True)
