@@ -152,11 +152,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _sweep_staging(folder: Path) -> None:
-    """Remove staging folders left by writers on this host that no longer run (killed with SIGKILL)."""
+    """Remove staging folders left by writers on this host that no longer run (killed with SIGKILL), or by an
+    earlier write of this very process (a write runs to its end before the next one starts)."""
     host = socket.gethostname()
     for path in folder.glob(f"{STAGING}-*"):
         parts = path.name.split("-")  # .staging-<pid>-<host...>-<random>
-        if len(parts) >= 4 and parts[1].isdigit() and "-".join(parts[2:-1]) == host and not _pid_alive(int(parts[1])):
+        if len(parts) < 4 or not parts[1].isdigit() or "-".join(parts[2:-1]) != host:
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or not _pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -275,8 +279,10 @@ def write_run(
 
     folder.mkdir(parents=True, exist_ok=True)
     _sweep_staging(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}-{os.getpid()}-{socket.gethostname()}-", dir=folder))
+    staging = None
     try:
+        with _signals_held():  # a Ctrl-C between making the folder and owning it would leak it
+            staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}-{os.getpid()}-{socket.gethostname()}-", dir=folder))
         staged = {suffixes["submission"]: staging / "submission.csv"}
         frame.to_csv(staged[".csv"], index=False)
         if oof is not None:
@@ -288,7 +294,9 @@ def write_run(
         with _signals_held():
             stem = _publish(folder, base, staged, staging, render_record)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            with _signals_held():  # a second Ctrl-C must not stop the clean-up half way
+                shutil.rmtree(staging, ignore_errors=True)
     return RunFiles(submission=folder / f"{stem}.csv", record=folder / f"{stem}.json",
                     oof=folder / f"{stem}_oof.csv" if oof is not None else None,
                     figures={name: folder / f"{stem}_{name}.png" for name in figures or {}})

@@ -123,14 +123,23 @@ LOOP = textwrap.dedent("""
     oof = pd.DataFrame({"Id": range(30000), "prediction": 0.5})
     fig, ax = plt.subplots()
     ax.plot(range(100))
-    print("ready", flush=True)
-    while not os.path.exists(sys.argv[2]):
+
+    def attempt():
         try:
             write_run(frame, spec, out_dir=sys.argv[1], preset="int", cv_score=0.1, record={}, oof=oof,
                       figures={"cv": fig})
-            print("done", flush=True)
+            return "done"
         except KeyboardInterrupt:
-            print("interrupted", flush=True)
+            return "interrupted"
+
+    events = []
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[2]):
+        try:
+            events.append(attempt())
+        except KeyboardInterrupt:
+            events.append("between")  # landed outside write_run (between two writes): not a writer case
+    print(" ".join(events), flush=True)  # the signals have stopped by now
 """)
 
 
@@ -148,10 +157,9 @@ def test_sigint_at_any_moment_of_writing_leaves_whole_runs_or_nothing(tmp_path):
     time.sleep(0.3)
     stop.touch()
     lines, err = proc.communicate(timeout=60)
-    # 0: stopped by the flag; -2: a SIGINT landed between two writes, outside the child's try (not a writer case)
-    assert proc.returncode in (0, -signal.SIGINT), err
+    assert proc.returncode == 0, err
     events = lines.split()
-    assert events.count("interrupted") >= 10 and events.count("done") >= 1, events
+    assert events.count("interrupted") >= 5 and events.count("done") >= 1, events
     stems = assert_whole_runs(out / "toy", (*PARTS, "_cv.png"))
     assert events.count("done") <= len(stems) <= len(events)  # a run interrupted after its last link is whole
 
