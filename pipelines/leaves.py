@@ -37,8 +37,9 @@ from pipelines.records import REPO_ROOT, dumps
 COMPETITION = "classify-leaves"
 DEFAULT_DATA = REPO_ROOT / "data" / "classify-leaves"
 # CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
-# 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 128 px
-CPU_SIZES = (96, 128)
+# 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 112 px
+# (the 2-core CPU budget: 3 folds x 10 epochs of 2,000 images in about 20 min)
+CPU_SIZES = (96, 112)
 
 
 @dataclass
@@ -53,18 +54,21 @@ class LeavesConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
-    head_lr_mult: float = 10.0  # the new classifier learns faster than the pretrained body
+    head_lr_mult: float = 1.0  # classifier LR / body LR (x10 measured no better once the head starts at zero)
     weight_decay: float = 0.02
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     mixup: float = 0.2  # mixup alpha (0 disables)
     cutmix: float = 1.0  # cutmix alpha (0 disables)
-    mix_prob: float = 0.2  # share of batches mixed
-    auto_augment: str = "trivial"
-    crop_scale: float = 0.5  # smallest area share kept by the random resized crop
-    rotation: float = 30.0  # random rotation, degrees
-    jitter: float = 0.3  # colour jitter (brightness, contrast, saturation)
+    # augmentation for ~10 epochs over a few thousand images: light (crops, flips). The strong policy
+    # (--auto-augment trivial --mix-prob 0.2 --rotation 30 --jitter 0.3 --crop-scale 0.5) scored 2 points
+    # lower on real ELPV cells at this budget; it pays off only over much longer schedules
+    mix_prob: float = 0.0  # share of batches mixed (mixup/cutmix)
+    auto_augment: str = "none"
+    crop_scale: float = 0.7  # smallest area share kept by the random resized crop
+    rotation: float = 0.0  # random rotation, degrees
+    jitter: float = 0.0  # colour jitter (brightness, contrast, saturation)
     ema_decay: float = 0.995  # 0 disables the EMA of weights
     patience: int = 0  # 0: fixed epochs, scored at the last; N: early stopping on an inner split of the train folds
     folds: int = 3
@@ -295,7 +299,7 @@ class MixHook:
 
 
 def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device):
-    """Backbone (offline pretrained), AdamW, warmup+cosine, mixup/cutmix, label smoothing, EMA."""
+    """Backbone (offline pretrained, head at zero), AdamW, warmup+cosine, label smoothing, EMA, mixup if asked."""
     import torch
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy

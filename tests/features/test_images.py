@@ -86,3 +86,11 @@ def test_seeded_sampler_is_a_function_of_seed_and_epoch():
     shards = [list(SeededSampler(10, shuffle=True, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert sorted(i for shard in shards for i, _ in shard) == list(range(10))
     assert len(SeededSampler(10, shuffle=True, seed=3, rank=0, world_size=2)) == 5
+
+
+def test_light_augmentation_leaves_out_rotation_and_jitter():
+    light_transform = train_transform(32, MEAN, STD, auto_augment="none", rotation=0, jitter=0)
+    light = [type(t).__name__ for t in light_transform.transforms]
+    strong = [type(t).__name__ for t in train_transform(32, MEAN, STD, auto_augment="trivial").transforms]
+    assert "RandomRotation" not in light and "ColorJitter" not in light and "TrivialAugmentWide" not in light
+    assert {"RandomRotation", "ColorJitter", "TrivialAugmentWide"} <= set(strong)
