@@ -29,7 +29,8 @@ def git_state(root: Path = REPO_ROOT) -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # --no-optional-locks: a status killed half way (Ctrl-C, timeout) must not leave .git/index.lock behind
+    status = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

@@ -121,11 +121,12 @@ LOOP = textwrap.dedent("""
     spec = SubmissionSpec("toy", ["Id", "SalePrice"], ids=pd.Series(range(1, 3001)), positive=True)
     frame = pd.DataFrame({"Id": range(1, 3001), "SalePrice": 1.5})
     oof = pd.DataFrame({"Id": range(30000), "prediction": 0.5})
-    fig, ax = plt.subplots()
-    ax.plot(range(100))
 
     def attempt():
-        try:
+        try:  # a fresh figure each time: a draw cut short by Ctrl-C leaves matplotlib's figure half-updated
+            fig, ax = plt.subplots()
+            ax.plot(range(100))
+            plt.close(fig)
             write_run(frame, spec, out_dir=sys.argv[1], preset="int", cv_score=0.1, record={}, oof=oof,
                       figures={"cv": fig})
             return "done"
