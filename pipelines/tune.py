@@ -25,6 +25,7 @@ from pipelines import tuning
 from pipelines.errors import PipelineError
 
 COMPETITIONS = ("house-prices", "leaves")
+STORAGE_ENV = "PIPELINES_TUNE_STORAGE"  # the storage URL without putting its password on a command line
 _FEATURE_CACHES: dict[tuple, dict] = {}
 
 
@@ -209,7 +210,7 @@ def open_study(args: argparse.Namespace, objective, url: str) -> optuna.Study:
 def child_argv(args: argparse.Namespace, index: int) -> list[str]:
     """The same command for one worker process (``--workers 1``, quiet, no plots, no --best)."""
     argv = [sys.executable, "-m", "pipelines", "tune", args.competition, "--seed", str(args.seed),
-            "--out-dir", args.out_dir, "--trials", str(args.trials), "--study", args.study, "--storage", args.storage,
+            "--out-dir", args.out_dir, "--trials", str(args.trials), "--study", args.study,
             "--pruner", args.pruner, "--runs-dir", args.runs_dir, "--workers", "1", "--worker-index", str(index),
             "--heartbeat-interval", str(args.heartbeat_interval), "--grace-period", str(args.grace_period),
             "--quiet", "--no-plots"]
@@ -224,7 +225,9 @@ def child_argv(args: argparse.Namespace, index: int) -> list[str]:
 
 def run_workers(args: argparse.Namespace, study: optuna.Study, progress: tuning.Progress) -> None:
     """Start K worker processes on the study and print progress until they exit."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the storage URL travels in the environment, not in argv: a password in argv is visible to every local
+    # user through ps and /proc
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args.storage}
     procs = [subprocess.Popen(child_argv(args, i + 1), env=env) for i in range(args.workers)]
     last = None
     try:
@@ -266,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     a("--study", default=None, help="study name (default: the competition)")
     a("--storage", default=None, help="sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB "
-                                      "(default: sqlite file runs/tune/<study>.db)")
+                                      f"(default: ${STORAGE_ENV}, else sqlite file runs/tune/<study>.db)")
     a("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     a("--pruner", choices=tuning.PRUNERS, default="median", help="median (default), halving or none")
     a("--best", action="store_true", help="after the study, train the best trial and write a submission")
@@ -296,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     args.study = args.study or args.competition
     objective = make_objective(args)
     validate_inputs(args, objective)  # before any study exists: a typo must not leave a study behind
-    args.storage = args.storage or tuning.default_storage_url(args.runs_dir, args.study)
+    args.storage = args.storage or os.environ.get(STORAGE_ENV) or tuning.default_storage_url(args.runs_dir, args.study)
     url = args.storage
     study = open_study(args, objective, url)
     progress = tuning.Progress(args.trials, args.workers, print_fn=lambda s: print(s, flush=True))

@@ -85,3 +85,18 @@ def test_an_unexpected_error_quoting_a_secret_is_masked_in_the_line_and_the_log(
     assert SECRET not in captured.out + captured.err and "Traceback" in captured.err  # --debug: inline
     (log,) = (tmp_path / "logs").iterdir()
     assert "Traceback" in log.read_text() and SECRET not in log.read_text()
+
+
+def test_worker_processes_get_the_storage_url_from_the_environment_not_argv(tmp_path):
+    """A password in argv is visible to every local user through ps: the workers' command lines hold none."""
+    import argparse
+
+    from pipelines.tune import STORAGE_ENV, add_arguments, child_argv
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default="subs")
+    add_arguments(parser)
+    args = parser.parse_args(["house-prices", "--storage", f"postgresql://u:{SECRET}@h/db", "--study", "s"])
+    argv = child_argv(args, 1)
+    assert SECRET not in " ".join(argv) and "--storage" not in argv and STORAGE_ENV == "PIPELINES_TUNE_STORAGE"
