@@ -19,7 +19,9 @@ def _run(tmp_path, **kw):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return {"d2l": _run(out, preset="d2l"), "strong": _run(out, preset="strong"), "out": out}
+    # the preset's models and stack, CatBoost shortened (one seed of 300 trees) to keep the suite fast
+    strong = _run(out, preset="strong", params={"catboost": {"iterations": 300, "learning_rate": 0.1, "seeds": 1}})
+    return {"d2l": _run(out, preset="d2l"), "strong": strong, "out": out}
 
 
 def test_d2l_preset_reproduces_the_book(runs):
@@ -179,3 +181,19 @@ def test_mlp_trains_through_the_shared_loop_and_is_reproducible():
     a, b = (MLPRegressor(hidden=16, epochs=150, lr=1e-2, seed=1).fit(X[:150], y[:150]) for _ in range(2))
     np.testing.assert_array_equal(a.predict(X[150:]), b.predict(X[150:]))
     assert np.sqrt(np.mean((a.predict(X[150:]) - y[150:]) ** 2)) < 0.5 * y[150:].std()
+
+
+def test_runs_ranks_an_older_run_that_left_rows_unscored_by_its_all_rows_cv(tmp_path):
+    from pipelines.runs import leaderboard, load_runs
+
+    folder = tmp_path / "house-prices"
+    folder.mkdir()
+    old = {"competition": "house-prices", "files": {"submission": "old.csv"}, "cv_mean": 0.1069, "cv_std": 0.009,
+           "cv_all_rows": 0.1250, "scored_rows": 1458, "folds": {"ids": [0] * 1460}, "created_utc": "a"}
+    new = {**old, "files": {"submission": "new.csv"}, "cv_mean": 0.1187, "cv_std": 0.02, "cv_all_rows": 0.1187,
+           "scored_rows": 1460, "created_utc": "b"}
+    for name, record in (("old", old), ("new", new)):
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    rows = leaderboard(load_runs(tmp_path, "house-prices"))
+    assert [(r["path"].rsplit("/", 1)[-1], r["cv_mean"]) for r in rows] == [("new.csv", 0.1187), ("old.csv", 0.1250)]
+    assert np.isnan(rows[1]["cv_std"])
