@@ -51,7 +51,7 @@ test: $(STAMP)  ## run the test suite (installs PostgreSQL for the tuning tests 
 	@.ci/postgres install || echo "PostgreSQL tests will be skipped: its binaries are missing"
 	$(PY) -m pytest
 
-bench: $(STAMP)  ## speed figures: shared training loop vs a plain d2l loop (images/s); more in benchmarks/
+bench: $(STAMP)  ## speed: shared training loop vs a plain fp32 loop, images/s and ratio; more in benchmarks/
 	$(PY) benchmarks/loop_throughput.py
 
 bench-real: $(STAMP)  ## real images: ELPV solar cells (PyPI elpv-dataset, installed here), leaves defaults vs a plain fine-tune

@@ -76,6 +76,7 @@ class LeavesConfig:
     tta: int = 4  # test-time views tried: 1 none, 2 + horizontal flip, 3 + vertical flip, 4 + both; kept on OOF
     workers: int = -1  # -1: 0 on small CPUs, else up to 8
     compile: bool = False
+    amp: bool = True  # autocast: bf16 on a CPU with hardware bf16 (AVX-512 BF16/AMX), bf16/fp16 on CUDA
     progress: bool = True
     seed: int = 0
     out_dir: str = "submissions"
@@ -105,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
     a("--compile", action="store_true", help="torch.compile the model")
+    a("--no-amp", dest="amp", action="store_false", help="plain fp32 (no bf16/fp16 autocast)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     a("--runs-dir", default=d.runs_dir, help="checkpoints go to RUNS_DIR/leaves/<run> (default runs)")
     a("--resume", help="continue a killed run: its name under RUNS_DIR/leaves, or its folder")
@@ -325,7 +327,8 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     return Trainer(model, optimizer, loss_fn, scheduler=scheduler, device=device, grad_clip=cfg.grad_clip,
-                   channels_last=True, batch_hook=hook, ema=ema, progress=cfg.progress, compile=cfg.compile)
+                   channels_last=True, amp=cfg.amp, batch_hook=hook, ema=ema, progress=cfg.progress,
+                   compile=cfg.compile)
 
 
 def zero_head(model) -> None:

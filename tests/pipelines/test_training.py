@@ -1,0 +1,97 @@
+"""The shared loop's device choices, checked without a GPU: autocast dtype per device, the CPU bf16 probe,
+the device NCCL collectives need, fp32 depthwise convs under CPU bf16, and torch.compile on CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pipelines import training
+from pipelines.training import Trainer, autocast_dtype, collective_device, cpu_has_bf16, fp32_depthwise
+
+
+def test_cpu_bf16_probe_reads_the_flags():
+    assert cpu_has_bf16("fpu sse avx512f avx512_bf16 avx512vl")
+    assert cpu_has_bf16("fpu amx_tile amx_bf16")
+    assert not cpu_has_bf16("fpu sse avx2 avx512f avx512bw")  # emulated bf16 is slower than fp32
+    assert not cpu_has_bf16("")
+    assert isinstance(cpu_has_bf16(), bool)  # this machine's /proc/cpuinfo
+
+
+@pytest.mark.parametrize("cpu_bf16", [True, False])
+def test_autocast_dtype_per_device(monkeypatch, cpu_bf16):
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: cpu_bf16)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 1)
+    assert autocast_dtype(cpu, None) is None  # CPU autocast is opt-in: regression outputs need fp32
+    assert autocast_dtype(cpu, True) == (torch.bfloat16 if cpu_bf16 else None)
+    assert autocast_dtype(cpu, False) is None
+    for bf16_gpu, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16_gpu=bf16_gpu: bf16_gpu)
+        assert autocast_dtype(cuda, None) == dtype and autocast_dtype(cuda, True) == dtype
+        assert autocast_dtype(cuda, False) is None
+
+
+def test_nccl_collectives_use_this_ranks_gpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert collective_device("nccl") == torch.device("cuda", 3)  # NCCL has no CPU collectives
+    assert collective_device("gloo") == torch.device("cpu")
+
+
+def _tiny_cnn(classes: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),  # depthwise
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
+
+
+def test_depthwise_convs_stay_fp32_under_cpu_bf16_autocast():
+    net = _tiny_cnn()
+    keys = list(net.state_dict())
+    assert fp32_depthwise(net) == 1 and fp32_depthwise(net) == 1  # idempotent
+    assert list(net.state_dict()) == keys and isinstance(net[3], nn.Conv2d)
+    twin = copy.deepcopy(net)  # timm's EMA deep-copies the model: the copy must use its own weights
+    with torch.no_grad():
+        twin[3].weight.zero_()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net[0](x).dtype == torch.bfloat16
+        assert net[3](net[0](x)).dtype == torch.float32
+        assert not torch.equal(net(x), twin(x))
+
+
+def _batches(n: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(n)]
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no hardware bf16")
+def test_cpu_bf16_channels_last_trains_and_repeats_exactly():
+    def run():
+        torch.manual_seed(0)
+        net = _tiny_cnn()
+        trainer = Trainer(net, torch.optim.AdamW(net.parameters(), 1e-2), nn.CrossEntropyLoss(), device="cpu",
+                          channels_last=True, amp=True)
+        assert trainer.amp_dtype == torch.bfloat16
+        assert trainer.module[0].weight.is_contiguous(memory_format=torch.channels_last)
+        history = trainer.fit(_batches(), 2)
+        return history, trainer.predict(_batches(1, seed=1))
+
+    (h1, p1), (h2, p2) = run(), run()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in h1)
+    assert p1.dtype == torch.float32 and torch.equal(p1, p2)  # reproducible under a seed
+    assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_matches_eager():
+    def run(compile: bool):
+        torch.manual_seed(0)
+        net = _tiny_cnn()
+        trainer = Trainer(net, torch.optim.SGD(net.parameters(), 0.1), nn.CrossEntropyLoss(), device="cpu",
+                          compile=compile, amp=False)
+        trainer.fit(_batches(), 1)
+        return trainer.module[0].weight.detach().clone()
+
+    torch.testing.assert_close(run(True), run(False), rtol=1e-4, atol=1e-5)
