@@ -132,11 +132,11 @@ def run_pipeline(root: Path, extra: list[str]) -> tuple[list[str], dict]:
     cmd = [sys.executable, "-m", "pipelines", "leaves", "--data-dir", str(root), "--out-dir", str(out / "subs"),
            "--runs-dir", str(out), "--no-progress", *extra]
     print("$", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    for line in proc.stdout.splitlines():
-        print("  " + line, flush=True)
-        lines.append(line)
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # streamed: a 20-minute run shows its epochs as they end
+            print("  " + line.rstrip(), flush=True)
+            lines.append(line.rstrip())
     if proc.returncode:
         sys.exit(f"error: the leaves pipeline failed (exit {proc.returncode})")
     (sub,) = [m.group(1) for line in lines if (m := re.match(r"submission: (.+)", line))]
