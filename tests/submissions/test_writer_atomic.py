@@ -140,6 +140,8 @@ LOOP = textwrap.dedent("""
             events.append(attempt())
         except KeyboardInterrupt:
             events.append("between")  # landed outside write_run (between two writes): not a writer case
+        except Exception:  # a SIGINT inside matplotlib's own code can surface as another error (TypeError)
+            events.append("other")  # the folder must still hold only whole runs: asserted below
     print(" ".join(events), flush=True)  # the signals have stopped by now
 """)
 
