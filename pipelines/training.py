@@ -27,11 +27,25 @@ from pipelines.checkpoint import rng_state, set_rng_state
 EVENTS = ("on_batch_end", "on_epoch_end")
 
 
+def local_gpu(count: int | None = None) -> int:
+    """This rank's GPU index: ``LOCAL_RANK`` modulo the GPUs present, so that more ranks than GPUs share them."""
+    count = torch.cuda.device_count() if count is None else count
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    return rank % count if count else rank
+
+
 def default_device() -> torch.device:
     """``cuda:<LOCAL_RANK>`` under torchrun with GPUs, ``cuda`` with one, else CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", local_gpu())
     return torch.device("cpu")
+
+
+def dist_backend(cuda: bool | None = None) -> str:
+    """NCCL on GPUs, gloo on CPU; ``PIPELINES_DIST_BACKEND`` overrides (gloo for several ranks on one GPU,
+    which NCCL refuses as a duplicate GPU)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return os.environ.get("PIPELINES_DIST_BACKEND") or ("nccl" if cuda else "gloo")
 
 
 def world() -> tuple[int, int]:
@@ -49,9 +63,9 @@ def init_distributed() -> bool:
     """Join the process group ``torchrun`` describes (NCCL on GPUs, gloo on CPU); ``False`` if none."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or (dist.is_available() and dist.is_initialized()):
         return dist.is_available() and dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    backend = dist_backend()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_gpu())
     dist.init_process_group(backend)
     return True
 
@@ -59,7 +73,7 @@ def init_distributed() -> bool:
 def collective_device(backend: str) -> torch.device:
     """Where a tensor must live for ``backend``'s collectives: NCCL has no CPU collectives, so this rank's GPU."""
     if backend == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # init_distributed set_device'd it
+        return torch.device("cuda", local_gpu())  # init_distributed set_device'd it
     return torch.device("cpu")
 
 

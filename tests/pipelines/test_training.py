@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from pipelines import training
-from pipelines.training import Trainer, autocast_dtype, collective_device, cpu_has_bf16, fp32_depthwise
+from pipelines.training import (
+    Trainer,
+    autocast_dtype,
+    collective_device,
+    cpu_has_bf16,
+    dist_backend,
+    fp32_depthwise,
+    local_gpu,
+)
 
 
 def test_cpu_bf16_probe_reads_the_flags():
@@ -38,6 +46,15 @@ def test_nccl_collectives_use_this_ranks_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert collective_device("nccl") == torch.device("cuda", 3)  # NCCL has no CPU collectives
     assert collective_device("gloo") == torch.device("cpu")
+
+
+def test_more_ranks_than_gpus_share_them_and_backend_can_be_chosen(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_gpu(count=2) == 1 and local_gpu(count=8) == 3 and local_gpu(count=0) == 3
+    monkeypatch.delenv("PIPELINES_DIST_BACKEND", raising=False)
+    assert dist_backend(cuda=True) == "nccl" and dist_backend(cuda=False) == "gloo"
+    monkeypatch.setenv("PIPELINES_DIST_BACKEND", "gloo")  # NCCL refuses two ranks on one GPU
+    assert dist_backend(cuda=True) == "gloo"
 
 
 def _tiny_cnn(classes: int = 3) -> nn.Sequential:
