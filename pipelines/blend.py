@@ -8,9 +8,12 @@ models (those are refitted from its per-model OOF columns, ``nested_cross_fitted
 is rescored the same way on every training row, so the numbers side by side are comparable even with
 older runs whose records left the two outliers out of scoring (their OOF files' ``scored`` column).
 
-Runs must share the competition, the training ids and the fold of every row; anything else is refused
-with one line. Only house prices for now: a leaves run saves out-of-fold class probabilities but not the
-test probabilities a blended submission would need.
+Leaves runs are blended on their class probabilities: the weights minimise the out-of-fold log-loss
+(smooth, unlike accuracy), the blended test probabilities' argmax is the submission, and the cross-fitted
+CV is reported as accuracy (the competition's metric) and log-loss, for every input and for the blend.
+
+Runs must share the competition, the training ids, the fold of every row and the test set (leaves: also
+the test ids and the class list); anything else is refused with one line.
 """
 
 from __future__ import annotations
@@ -26,13 +29,11 @@ from pipelines import blending
 from pipelines.errors import PipelineError
 from pipelines.runs import Run, find_run, models_label
 
-BLENDABLE = ("house-prices",)
 
-
-def _read(path, what: str) -> pd.DataFrame:
+def _read(path, what: str, **kwargs) -> pd.DataFrame:
     if path is None or not path.is_file():
         raise PipelineError(f"{what} missing: {path}")
-    return pd.read_csv(path)
+    return pd.read_csv(path, **kwargs)
 
 
 def check_compatible(runs: list[Run]) -> None:
@@ -45,9 +46,9 @@ def check_compatible(runs: list[Run]) -> None:
     competitions = {r.competition for r in runs}
     if len(competitions) > 1:
         raise PipelineError(f"runs from different competitions: {', '.join(sorted(competitions))}")
-    if runs[0].competition not in BLENDABLE:
-        raise PipelineError(f"blend supports {', '.join(BLENDABLE)} only for now: {runs[0].competition} runs "
-                            "do not save the test probabilities a blended submission needs")
+    if runs[0].competition not in BLENDERS:
+        raise PipelineError(f"blend supports {', '.join(BLENDERS)} only: {runs[0].competition} runs "
+                            "do not save what a blended submission needs")
     check_same_test_set(runs)
     first = runs[0].fold_ids
     for r in runs[1:]:
@@ -165,6 +166,116 @@ def blend_house_prices(runs: list[Run]) -> dict:
     }
 
 
+def check_leaves_compatible(runs: list[Run]) -> None:
+    """Leaves runs blend only with every fold trained and the same class list (the probability columns)."""
+    classes = runs[0].record.get("classes")
+    for r in runs:
+        trained, folds = r.record.get("trained_folds"), r.fold_ids or []
+        if trained is not None and sorted(trained) != sorted(set(folds)):
+            raise PipelineError(f"{r.stem} trained only folds {trained} of {len(set(folds))}: a blend needs every "
+                                "training row's out-of-fold probabilities (rerun without --fold)")
+        if r.record.get("classes") != classes:
+            other = r.record.get("classes") or []
+            raise PipelineError(f"class lists differ between {runs[0].stem} ({len(classes or [])} classes) and "
+                                f"{r.stem} ({len(other)} classes): they were trained on different labels")
+
+
+def blend_leaves(runs: list[Run]) -> dict:
+    """Fit, score and build everything a blended leaves run writes. Nothing is written here.
+
+    Weights are fitted on the runs' out-of-fold probabilities by log-loss. The blend's CV is cross-fitted
+    (``blending.cross_fitted_blend``): fold k's rows are blended with weights fitted on the other folds.
+    """
+    check_leaves_compatible(runs)
+    text = {"image": str, "label": str, "pred": str}
+    oofs = [_read(r.oof, f"{r.stem}: out-of-fold file", dtype=text) for r in runs]
+    tests = [_read(r.table("test_probs"), f"{r.stem}: test probabilities (runs made before leaves saved them "
+                                          "cannot be blended; rerun it)", dtype=text) for r in runs]
+    base, classes = oofs[0], runs[0].record["classes"]
+    columns = [f"p_{c}" for c in classes]
+    for r, oof, test in zip(runs, oofs, tests, strict=True):
+        lacking = [c for c in ["image", "fold", "label", *columns] if c not in oof.columns] + \
+            [c for c in ["image", *columns] if c not in test.columns]
+        if lacking:
+            raise PipelineError(f"{r.stem}: its out-of-fold or test probability file lacks column {lacking[0]!r}")
+        if not oof["image"].equals(base["image"]) or not oof["label"].equals(base["label"]):
+            raise PipelineError(f"training ids differ between {runs[0].stem} and {r.stem}: "
+                                "they were trained on different images")
+        if not oof["fold"].equals(base["fold"]):
+            raise PipelineError(f"out-of-fold folds differ between {runs[0].stem} and {r.stem}")
+        if not test["image"].equals(tests[0]["image"]):
+            raise PipelineError(f"test ids differ between {runs[0].stem} and {r.stem}: "
+                                "their test probabilities are for different images")
+    folds = base["fold"].to_numpy()
+    if not np.array_equal(folds, np.asarray(runs[0].fold_ids)):
+        raise PipelineError(f"{runs[0].stem}: the OOF file's folds differ from its record's")
+    y = np.searchsorted(classes, base["label"].to_numpy())
+    oof_probs = np.stack([o[columns].to_numpy(float) for o in oofs], axis=1)  # (rows, runs, classes)
+    test_probs = np.stack([t[columns].to_numpy(float) for t in tests], axis=1)
+
+    def scored(probs: np.ndarray) -> dict:
+        acc = [leaves_accuracy(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
+        loss = [blending.log_loss(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
+        return {"cv_mean": float(np.mean(acc)), "cv_std": float(np.std(acc)), "fold_scores": acc,
+                "log_loss": float(np.mean(loss)), "log_loss_std": float(np.std(loss)), "fold_log_loss": loss}
+
+    weights = blending.fit_simplex_weights(oof_probs, y, blending.log_loss)
+    blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, blending.log_loss)
+    inputs = [{"run": r.stem, "record": r.path.name, "preset": r.record.get("preset"),
+               "models": models_label(r.record), "recorded_cv": r.cv_mean, **scored(oof_probs[:, i]),
+               "weight": float(w)} for i, (r, w) in enumerate(zip(runs, weights, strict=True))]
+    blend_test = blending.blend(test_probs, weights)
+    labels = np.asarray(classes)
+    oof = pd.DataFrame({"image": base["image"], "fold": folds, "label": base["label"],
+                        "pred": labels[blend_oof.argmax(1)]})
+    return {
+        "weights": weights,
+        "fold_weights": fold_weights,
+        "inputs": inputs,
+        **scored(blend_oof),
+        "classes": classes,
+        "submission": pd.DataFrame({"image": tests[0]["image"], "label": labels[blend_test.argmax(1)]}),
+        "oof": pd.concat([oof, pd.DataFrame(blend_oof, columns=columns)], axis=1),
+        "test_probs": pd.concat([tests[0][["image"]], pd.DataFrame(blend_test, columns=columns)], axis=1),
+    }
+
+
+def leaves_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
+    from pipelines.leaves import accuracy
+
+    return accuracy(y, probs)
+
+
+def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
+    """Write a leaves blend as a run of its own (preset ``blend``): submission, record, cross-fitted OOF
+    probabilities and the blended test probabilities (so the blend is itself a leaves run)."""
+    from submissions.competitions import spec_for
+    from submissions.writer import write_run
+
+    first = runs[0].record
+    names = [r.stem for r in runs]
+    record = {
+        "config": {"preset": "blend", "inputs": names, "weights_fitted_on": "out-of-fold log-loss", "seed": seed},
+        "seed": seed,
+        "metric": "accuracy",
+        "data": first.get("data"),
+        "classes": out["classes"],
+        "cv_mean": out["cv_mean"],
+        "cv_std": out["cv_std"],
+        "fold_scores": out["fold_scores"],
+        "log_loss": {"cv_mean": out["log_loss"], "cv_std": out["log_loss_std"], "fold_scores": out["fold_log_loss"]},
+        "cv_rule": "cross-fitted: fold k's rows are blended with weights fitted on the other folds' rows only",
+        "inputs": out["inputs"],
+        "blend_weights": {i["run"]: i["weight"] for i in out["inputs"]},
+        "fold_weights": {k: dict(zip(names, map(float, w), strict=True)) for k, w in out["fold_weights"].items()},
+        "folds": first["folds"],
+        "trained_folds": sorted(set(first["folds"])),
+        "timings": {"total_seconds": seconds},
+    }
+    return write_run(out["submission"], spec_for(first), out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
+                     record=record, oof=out["oof"], tables={"test_probs": out["test_probs"]})
+
+
 def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
     """Write the blend as a run of its own through the shared writer (preset ``blend``)."""
     from submissions.competitions import data_dir_of, kaggle_slug, spec_for
@@ -207,6 +318,11 @@ def run(args: argparse.Namespace) -> int:
     runs = [find_run(ref, args.out_dir) for ref in args.runs]
     check_compatible(runs)
     check_writable_dir(Path(args.out_dir) / runs[0].competition)  # before the blending work, not after
+    return BLENDERS[runs[0].competition](runs, args, start)
+
+
+def run_house_prices(runs: list[Run], args: argparse.Namespace, start: float) -> int:
+    """Blend house-prices runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
     out = blend_house_prices(runs)
     metric = runs[0].record.get("metric", "log_rmse")
     width = max(len(r.stem) for r in runs)
@@ -223,3 +339,27 @@ def run(args: argparse.Namespace) -> int:
     files = write_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
     print(f"submission: {files.submission}")
     return 0
+
+
+def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
+    """Blend leaves runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
+    out = blend_leaves(runs)
+    width = max(len("blend (cross-fitted)"), *(len(r.stem) for r in runs))
+    n = len(out["oof"])
+    print(f"{'run':<{width}}  weight  CV accuracy on the same {n} rows    CV log-loss        (recorded)")
+    for info in out["inputs"]:
+        print(f"{info['run']:<{width}}  {info['weight']:.3f}   {info['cv_mean']:.4f} ± {info['cv_std']:.4f}"
+              f"                  {info['log_loss']:.4f} ± {info['log_loss_std']:.4f}  ({info['recorded_cv']:.4f})")
+    best = max(out["inputs"], key=lambda i: i["cv_mean"])
+    print(f"{'blend (cross-fitted)':<{width}}  1.000   {out['cv_mean']:.4f} ± {out['cv_std']:.4f}"
+          f"                  {out['log_loss']:.4f} ± {out['log_loss_std']:.4f}  "
+          f"({out['cv_mean'] - best['cv_mean']:+.4f} accuracy vs the best input)")
+    if out["cv_mean"] < best["cv_mean"]:
+        print(f"note: the blend does not beat {best['run']} on cross-fitted accuracy; submitting that run is as good")
+    files = write_leaves_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
+    print(f"submission: {files.submission}")
+    return 0
+
+
+# competition -> its blend command (the record's ``competition`` picks it)
+BLENDERS = {"house-prices": run_house_prices, "classify-leaves": run_leaves}

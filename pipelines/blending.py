@@ -1,6 +1,7 @@
 """Blend weights on out-of-fold predictions: non-negative, summing to one.
 
-Used by the strong house-prices preset and by ``python -m pipelines blend``. The honest CV of a blend
+Used by the strong house-prices preset and by ``python -m pipelines blend`` (house prices on RMSE of log
+price, leaves on the log-loss of class probabilities). The honest CV of a blend
 is *cross-fitted*: the weights scored on fold k are fitted on the other folds' OOF predictions only.
 """
 
@@ -14,6 +15,12 @@ from scipy.optimize import minimize
 
 def rmse(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(y, float) - np.asarray(p, float)) ** 2)))
+
+
+def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-probability of the true class; ``probs`` is (rows, classes), ``y`` class indices."""
+    picked = np.asarray(probs, float)[np.arange(len(y)), np.asarray(y, int)]
+    return float(-np.mean(np.log(np.clip(picked, 1e-15, None))))
 
 
 def fit_simplex_weights(
@@ -39,6 +46,28 @@ def blend(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.tensordot(preds, weights, axes=([1], [0]))
 
 
+def cross_fitted_blend(
+    preds: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    loss: Callable[[np.ndarray, np.ndarray], float] = rmse,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The blend's out-of-fold predictions, each fold's rows blended with weights fitted on the other folds'
+    rows only (rows outside ``mask`` neither fit nor are scored), and those weights per fold.
+
+    Any metric of these predictions, fold by fold, is an honest CV of the blend (log-loss and accuracy for
+    class probabilities, RMSE for regression)."""
+    mask = np.ones(len(y), bool) if mask is None else mask
+    oof = np.full((len(y), *preds.shape[2:]), np.nan)
+    weights = {}
+    for k in np.unique(folds):
+        fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
+        weights[int(k)] = fit_simplex_weights(preds[fit_rows], y[fit_rows], loss)
+        oof[score_rows] = blend(preds[score_rows], weights[int(k)])
+    return oof, weights
+
+
 def cross_fitted_scores(
     preds: np.ndarray,
     y: np.ndarray,
@@ -48,9 +77,5 @@ def cross_fitted_scores(
 ) -> list[float]:
     """Per-fold score of a blend whose weights never saw that fold (rows outside ``mask`` not used)."""
     mask = np.ones(len(y), bool) if mask is None else mask
-    scores = []
-    for k in np.unique(folds):
-        fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
-        w = fit_simplex_weights(preds[fit_rows], y[fit_rows], loss)
-        scores.append(loss(y[score_rows], blend(preds[score_rows], w)))
-    return scores
+    oof, _ = cross_fitted_blend(preds, y, folds, loss, mask)
+    return [loss(y[(folds == k) & mask], oof[(folds == k) & mask]) for k in np.unique(folds)]

@@ -4,7 +4,7 @@ The recipe: load (CSV + images, decoded once, at a size chosen from the model an
 folds (the shared splitter) -> fit per fold (the shared training loop: augmentation, EMA, warmup+cosine, a
 checkpoint every epoch) -> predict every test-time view -> keep the views that improve the out-of-fold
 score (chosen on the other folds' rows) -> write (the shared writer: submission, run record, OOF
-probabilities, curves and confusion matrix).
+and test probabilities, curves and confusion matrix).
 
 Honest CV: no fold is scored by weights chosen on it. By default every fold trains a fixed number of
 epochs and is scored at the last one; with ``--patience N`` the epoch is early-stopped on an inner split
@@ -647,8 +647,13 @@ def run_config(cfg: LeavesConfig) -> int:
                           numeric=False)
     oof = pd.DataFrame({"image": data.train["image"], "fold": folds, "label": data.train["label"]})[trained]
     oof["pred"] = classes[result.oof[trained].argmax(1)]
-    probs = pd.DataFrame(result.oof[trained], columns=[f"p_{c}" for c in data.classes], index=oof.index)
+    prob_columns = [f"p_{c}" for c in data.classes]
+    probs = pd.DataFrame(result.oof[trained], columns=prob_columns, index=oof.index)
     oof = pd.concat([oof, probs], axis=1)
+    # the test probabilities exactly as the submission's argmax reads them (fold mean, chosen TTA views): a blend
+    # of several runs needs them (``python -m pipelines blend``)
+    test_probs = pd.concat([data.test[["image"]].reset_index(drop=True),
+                            pd.DataFrame(result.test, columns=prob_columns)], axis=1)
     record = {
         "config": dataclasses.asdict(cfg),
         "weights": weights,  # where the starting weights came from, with their SHA-256
@@ -676,7 +681,7 @@ def run_config(cfg: LeavesConfig) -> int:
     figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
                "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}
     files = write_run(submission, spec, out_dir=cfg.out_dir, preset=cfg.model, cv_score=result.mean,
-                      record=record, oof=oof, figures=figures)
+                      record=record, oof=oof, figures=figures, tables={"test_probs": test_probs})
     print(f"submission: {files.submission}", flush=True)
     return 0
 

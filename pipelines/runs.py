@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines.errors import PipelineError
 
-SUFFIXES = (".json", ".csv", "_oof.csv")
+SUFFIXES = (".json", ".csv", "_oof.csv", "_test_probs.csv")
 COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path")
 
 
@@ -46,6 +46,11 @@ class Run:
     def oof(self) -> Path | None:
         name = self.record["files"].get("oof")
         return self.path.with_name(name) if name else None
+
+    def table(self, name: str) -> Path | None:
+        """A further table the run wrote (leaves: ``test_probs``), if its record names one."""
+        file = (self.record["files"].get("tables") or {}).get(name)
+        return self.path.with_name(file) if file else None
 
     @property
     def partly_scored(self) -> bool:

@@ -1,8 +1,9 @@
 """The one submission writer: validate against the competition's format, then publish a run atomically.
 
 A run lands as ``<out_dir>/<competition>/<UTC timestamp>_<preset>_cv<score>`` with suffixes
-``.csv`` (the submission), ``.json`` (the run record), ``_oof.csv`` (out-of-fold predictions) and any
-figures as ``_<name>.png``.
+``.csv`` (the submission), ``.json`` (the run record), ``_oof.csv`` (out-of-fold predictions), any
+further tables as ``_<name>.csv`` (leaves: ``_test_probs.csv``, the test probabilities a blend needs) and
+any figures as ``_<name>.png``.
 
 A run appears whole or not at all, and never overwrites anything:
 
@@ -103,6 +104,7 @@ class RunFiles:
     record: Path
     oof: Path | None = None
     figures: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, Path] = field(default_factory=dict)
 
 
 def check_writable_dir(path: str | Path, flag: str = "--out-dir") -> Path:
@@ -236,11 +238,13 @@ def write_run(
     record: dict,
     oof: pd.DataFrame | None = None,
     figures: dict | None = None,
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> RunFiles:
     """Validate ``frame`` and publish the submission, its run record, OOF predictions and figures together.
 
     ``record`` is completed with the time, git state, package versions and the written paths.
-    ``figures`` maps a short name to a matplotlib figure, saved as PNG beside the record.
+    ``figures`` maps a short name to a matplotlib figure, saved as PNG beside the record; ``tables`` maps a
+    short name to a frame, saved as ``_<name>.csv`` and named in the record's ``files.tables``.
     """
     validate_submission(frame, spec)
     if not math.isfinite(cv_score):
@@ -250,6 +254,9 @@ def write_run(
     now = utc_now()
     safe_preset = "".join(c if c.isalnum() or c in "-." else "-" for c in preset)
     base = f"{now:%Y%m%dT%H%M%SZ}_{safe_preset}_cv{cv_score:.5f}"
+    tables = tables or {}
+    if "oof" in tables or not all(name.isidentifier() for name in tables):
+        raise ValueError(f"table names must be identifiers other than 'oof': {sorted(tables)}")
     suffixes = {"submission": ".csv", **({"oof": "_oof.csv"} if oof is not None else {}),
                 **{f"figure:{name}": f"_{name}.png" for name in figures or {}}}
     provenance = {"git": git_state(), "packages": package_versions()}
@@ -266,6 +273,7 @@ def write_run(
                 "submission": stem + suffixes["submission"],
                 "oof": stem + suffixes["oof"] if oof is not None else None,
                 "figures": {name: f"{stem}_{name}.png" for name in figures or {}},
+                "tables": {name: f"{stem}_{name}.csv" for name in tables},
             },
         })
 
@@ -288,6 +296,9 @@ def write_run(
         if oof is not None:
             staged["_oof.csv"] = staging / "oof.csv"
             oof.to_csv(staged["_oof.csv"], index=False)
+        for name, table in tables.items():
+            path = staged[f"_{name}.csv"] = staging / f"table-{len(staged)}.csv"
+            table.to_csv(path, index=False)
         for name, fig in (figures or {}).items():
             path = staged[f"_{name}.png"] = staging / f"figure-{len(staged)}.png"
             fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
@@ -299,4 +310,5 @@ def write_run(
                 shutil.rmtree(staging, ignore_errors=True)
     return RunFiles(submission=folder / f"{stem}.csv", record=folder / f"{stem}.json",
                     oof=folder / f"{stem}_oof.csv" if oof is not None else None,
-                    figures={name: folder / f"{stem}_{name}.png" for name in figures or {}})
+                    figures={name: folder / f"{stem}_{name}.png" for name in figures or {}},
+                    tables={name: folder / f"{stem}_{name}.csv" for name in tables})

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,6 +52,12 @@ def test_end_to_end_writes_a_valid_submission_and_record(tiny_leaves, tmp_path, 
         assert (sub_path.parent / record["files"]["figures"][name]).stat().st_size > 1000
     oof = pd.read_csv(sub_path.parent / record["files"]["oof"])
     assert {"image", "fold", "label", "pred"} <= set(oof.columns) and len(oof) == len(train)
+    # the test probabilities a blend needs: every class per test image, and the submission is their argmax
+    probs = pd.read_csv(sub_path.parent / record["files"]["tables"]["test_probs"])
+    columns = [f"p_{c}" for c in record["classes"]]
+    assert list(probs.columns) == ["image", *columns] and probs["image"].tolist() == test["image"].tolist()
+    assert np.allclose(probs[columns].sum(axis=1), 1)
+    assert [record["classes"][i] for i in probs[columns].to_numpy().argmax(1)] == sub["label"].tolist()
     run_dir = Path(record["run_dir"])
     assert json.loads((run_dir / "classes.json").read_text())["classes"] == record["classes"]
     assert (run_dir / "fold0" / "best.pt").is_file() and (run_dir / "fold1" / "last.pt").is_file()
