@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup house-prices leaves tune postgres submit runs blend test lint bench bench-real clean
+.PHONY: help setup house-prices leaves leaves-ensemble tune postgres submit runs blend test lint bench bench-real clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,17 @@ house-prices: $(STAMP)  ## House Prices, strong preset, 5-fold CV -> submissions
 
 leaves: $(STAMP)  ## Classify Leaves: fine-tune efficientnet-lite0, 3-fold CV + TTA -> submissions/classify-leaves/ (synthetic set if no data)
 	$(PY) -m pipelines leaves $(ARGS)
+
+MODELS ?= tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
+leaves-ensemble: $(STAMP)  ## train each of MODELS (same folds and seed; ARGS go to each), then blend them on OOF log-loss
+	@runs=""; for m in $(MODELS); do \
+	  log=$$(mktemp); \
+	  $(PY) -m pipelines leaves --model $$m $(ARGS) 2>&1 | tee $$log; \
+	  run=$$(sed -n 's/^submission: //p' $$log); rm -f $$log; \
+	  test -n "$$run" || { echo "error: leaves --model $$m wrote no run, nothing blended"; exit 2; }; \
+	  runs="$$runs $$run"; \
+	done; \
+	$(PY) -m pipelines blend $$runs --out-dir "$$(dirname "$$(dirname "$$run")")"
 
 submit: $(STAMP)  ## validate FILE and send it to Kaggle: make submit FILE=submissions/... MESSAGE="..." (ARGS=--dry-run)
 	@test -n "$(FILE)" || { echo 'usage: make submit FILE=<run>.csv MESSAGE="..." [ARGS=--dry-run]'; exit 2; }

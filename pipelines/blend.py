@@ -345,15 +345,17 @@ def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
     """Blend leaves runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
     out = blend_leaves(runs)
     width = max(len("blend (cross-fitted)"), *(len(r.stem) for r in runs))
-    n = len(out["oof"])
-    print(f"{'run':<{width}}  weight  CV accuracy on the same {n} rows    CV log-loss        (recorded)")
+    print(f"out-of-fold CV on the same {len(out['oof'])} training images, {len(out['fold_scores'])} folds")
+    print(f"{'run':<{width}}  weight  {'accuracy':<15}  {'log-loss':<15}  recorded accuracy")
+
+    def line(name: str, weight: float, info: dict, tail: str) -> None:
+        print(f"{name:<{width}}  {weight:.3f}   {info['cv_mean']:.4f} ± {info['cv_std']:.4f}  "
+              f"{info['log_loss']:.4f} ± {info['log_loss_std']:.4f}  {tail}")
+
     for info in out["inputs"]:
-        print(f"{info['run']:<{width}}  {info['weight']:.3f}   {info['cv_mean']:.4f} ± {info['cv_std']:.4f}"
-              f"                  {info['log_loss']:.4f} ± {info['log_loss_std']:.4f}  ({info['recorded_cv']:.4f})")
+        line(info["run"], info["weight"], info, f"{info['recorded_cv']:.4f}")
     best = max(out["inputs"], key=lambda i: i["cv_mean"])
-    print(f"{'blend (cross-fitted)':<{width}}  1.000   {out['cv_mean']:.4f} ± {out['cv_std']:.4f}"
-          f"                  {out['log_loss']:.4f} ± {out['log_loss_std']:.4f}  "
-          f"({out['cv_mean'] - best['cv_mean']:+.4f} accuracy vs the best input)")
+    line("blend (cross-fitted)", 1.0, out, f"{out['cv_mean'] - best['cv_mean']:+.4f} vs the best input")
     if out["cv_mean"] < best["cv_mean"]:
         print(f"note: the blend does not beat {best['run']} on cross-fitted accuracy; submitting that run is as good")
     files = write_leaves_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
