@@ -100,7 +100,7 @@ def outlier_mask(train: pd.DataFrame) -> np.ndarray:
 
 def log_rmse(y: np.ndarray, pred: np.ndarray) -> float:
     """The competition metric: RMSE between logs; predictions clamped to >= 1 as in d2l."""
-    return blending.rmse(np.log(y), np.log(np.clip(pred, 1, None)))
+    return blending.rmse(np.log(y), _log(pred))
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -332,11 +332,8 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     repeats, rows, n_models = log_oof.shape
     mask = np.ones(rows, bool) if mask is None else mask
     weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats))
-    if n_models > 1:
-        per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask) for r in range(repeats)]
-    else:
-        per_repeat = [[blending.rmse(log_y[(f == k) & mask], log_oof[r, (f == k) & mask, 0]) for k in np.unique(f)]
-                      for r, f in enumerate(folds)]
+    # one model: its weight is 1 in every fold, so this is the model's own per-fold score
+    per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask) for r in range(repeats)]
     scores = [s for rep in per_repeat for s in rep]
     return {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
             "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat]}

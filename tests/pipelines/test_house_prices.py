@@ -166,7 +166,7 @@ def test_a_house_far_outside_the_training_range_stays_within_its_neighbourhoods_
     train.to_csv(data / "train.csv", index=False)
     pd.concat([test, mansion]).to_csv(data / "test.csv", index=False)
     out = _run(tmp_path / "out", preset="strong", fast=True, folds=2, data_dir=str(data))
-    assert set(out["models"]) == {"lasso", "lgbm"}  # --fast
+    assert set(out["models"]) == {"huber_lasso", "lgbm"}  # --fast
     price = pd.read_csv(out["files"].submission).set_index("Id").loc[99999, "SalePrice"]
     hood = train.loc[train["Neighborhood"] == mansion["Neighborhood"].item(), "SalePrice"]
     assert hood.median() < price < 2 * hood.max(), (price, hood.describe())
@@ -181,6 +181,22 @@ def test_mlp_trains_through_the_shared_loop_and_is_reproducible():
     a, b = (MLPRegressor(hidden=16, epochs=150, lr=1e-2, seed=1).fit(X[:150], y[:150]) for _ in range(2))
     np.testing.assert_array_equal(a.predict(X[150:]), b.predict(X[150:]))
     assert np.sqrt(np.mean((a.predict(X[150:]) - y[150:]) ** 2)) < 0.5 * y[150:].std()
+
+
+def test_huber_lasso_down_weights_gross_outliers_that_tilt_a_plain_lasso():
+    from sklearn.linear_model import Lasso
+
+    from pipelines.house_models import HuberLasso
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    coef = np.array([0.5, -0.3, 0.2, 0.0])
+    y = 12 + X @ coef + rng.normal(scale=0.05, size=300)
+    bad = np.argsort(X[:, 0])[-3:]  # high-leverage rows priced far below the trend, like the two huge partial sales
+    y[bad] -= 3
+    robust, plain = HuberLasso(alpha=1e-4).fit(X, y), Lasso(alpha=1e-4).fit(X, y)
+    assert np.abs(robust.lasso_.coef_ - coef).max() < 0.05 < np.abs(plain.coef_ - coef).max()
+    assert robust.weights_[bad].max() < 0.1 and np.median(robust.weights_) == 1.0
 
 
 def test_runs_ranks_an_older_run_that_left_rows_unscored_by_its_all_rows_cv(tmp_path):
