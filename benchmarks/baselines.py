@@ -27,9 +27,9 @@ import torch
 
 import models
 from pipelines.__main__ import main as cli
-from pipelines.leafgen import VERSION, generate_leaves
-from pipelines.leaves import LeavesConfig
-from pipelines.records import REPO_ROOT
+from pipelines.competitions.leaves.leafgen import VERSION, generate_leaves
+from pipelines.competitions.leaves.pipeline import LeavesConfig
+from pipelines.core.records import REPO_ROOT
 
 PRETRAINED_DEFAULT = LeavesConfig().model
 # the same for every model: one fold, no augmentation beyond the pipeline's resize/flip/normalise, no

@@ -1,6 +1,6 @@
 """Is the synthetic leaf task genuinely visual? A linear model on raw pixels against the fine-tuned CNN.
 
-Generates the default synthetic set (``pipelines.leafgen``), fits a logistic regression on the raw
+Generates the default synthetic set (``pipelines.competitions.leaves.leafgen``), fits a logistic regression on the raw
 pixels (at the native 96 px; ``--linear-size`` downsamples) and scores it on the hidden test
 labels; then runs the default leaves pipeline on the same folder and scores its submission the same way.
 The issue's bar: linear well under 60 %, CNN over 95 %.
@@ -54,8 +54,8 @@ def cnn_accuracy(root: Path, out: Path, extra: list[str]) -> tuple[float, float]
 
 
 def main() -> None:
-    from pipelines.leafgen import generate_leaves
-    from pipelines.leaves import LeavesConfig
+    from pipelines.competitions.leaves.leafgen import generate_leaves
+    from pipelines.competitions.leaves.pipeline import LeavesConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--linear-only", action="store_true")

@@ -1,4 +1,4 @@
-"""Training images/s of the shared loop (``pipelines.training.Trainer``) against a plain fp32 d2l-style loop.
+"""Training images/s of the shared loop (``pipelines.core.training.Trainer``) against a plain fp32 d2l-style loop.
 
 Same model, same in-memory batches, same optimizer; the d2l loop is fp32 with no tricks (forward, loss,
 zero_grad, backward, step), the shared loop uses what the leaves pipeline uses on the device: channels_last
@@ -59,7 +59,7 @@ def _sync(device) -> None:
 
 def main(argv: list[str] | None = None) -> float:
     from models import create_model
-    from pipelines.training import Trainer
+    from pipelines.core.training import Trainer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tf_efficientnet_lite0")

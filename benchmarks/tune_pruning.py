@@ -30,8 +30,8 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipelines import tuning  # noqa: E402
-from pipelines.tune import HousePricesObjective  # noqa: E402
+from pipelines.commands.tune import HousePricesObjective  # noqa: E402
+from pipelines.core import tuning  # noqa: E402
 
 
 def pruning(trials: int, folds: int, seed: int, models: str | None) -> dict:

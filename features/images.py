@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 AUTO_AUGMENT = ("trivial", "rand", "imagenet", "none")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 _factories: dict[str, Callable[..., nn.Module]] = {}
 _cfgs: dict[str, dict[str, Any]] = {}

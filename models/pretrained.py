@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NO_WEIGHTS_HINT = "pass --pretrained-file PATH (local weights) or --no-pretrained (train from scratch)"

@@ -24,16 +24,18 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.errors import PipelineError, mask_secrets
+from pipelines.core.errors import PipelineError, mask_secrets
 
 # name -> (module, one-line help). Add a pipeline or verb here and nowhere else.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "house-prices": ("pipelines.house_prices", "House Prices: K-fold CV, then a validated submission"),
-    "leaves": ("pipelines.leaves", "Classify Leaves: fine-tune a backbone with K-fold CV and TTA"),
-    "tune": ("pipelines.tune", "Optuna study over a pipeline's search space"),
-    "submit": ("pipelines.submit", "validate a submission and send it with the kaggle client"),
-    "runs": ("pipelines.runs", "leaderboard of the runs on disk"),
-    "blend": ("pipelines.blend", "blend runs on their out-of-fold predictions"),
+    "house-prices": ("pipelines.competitions.house_prices.pipeline",
+                     "House Prices: K-fold CV, then a validated submission"),
+    "leaves": ("pipelines.competitions.leaves.pipeline",
+               "Classify Leaves: fine-tune a backbone with K-fold CV and TTA"),
+    "tune": ("pipelines.commands.tune", "Optuna study over a pipeline's search space"),
+    "submit": ("pipelines.commands.submit", "validate a submission and send it with the kaggle client"),
+    "runs": ("pipelines.commands.runs", "leaderboard of the runs on disk"),
+    "blend": ("pipelines.commands.blend", "blend runs on their out-of-fold predictions"),
 }
 
 

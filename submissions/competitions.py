@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import PipelineError
-from pipelines.records import REPO_ROOT
+from pipelines.core.errors import PipelineError
+from pipelines.core.records import REPO_ROOT
 from submissions.writer import SubmissionSpec
 
 
@@ -29,14 +29,14 @@ class Competition:
 
 
 def _house_spec(data_dir: str | None) -> SubmissionSpec:
-    from pipelines.house_prices import ID, NAME, TARGET, load
+    from pipelines.competitions.house_prices.pipeline import ID, NAME, TARGET, load
 
     _, test = load(data_dir)
     return SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
 
 
 def _leaves_spec(data_dir: str | None) -> SubmissionSpec:
-    from pipelines.leaves import read_table  # the pipeline's own checks of its CSVs
+    from pipelines.competitions.leaves.pipeline import read_table  # the pipeline's own checks of its CSVs
 
     folder = Path(data_dir) if data_dir else LEAVES.default_data
     train, test = read_table(folder / "train.csv", ["image", "label"]), read_table(folder / "test.csv", ["image"])

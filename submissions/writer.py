@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import PipelineError
-from pipelines.records import dumps, git_state, package_versions, utc_now
+from pipelines.core.errors import PipelineError
+from pipelines.core.records import dumps, git_state, package_versions, utc_now
 
 STAGING = ".staging"
 

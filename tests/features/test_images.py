@@ -16,7 +16,7 @@ from features.images import (
     train_transform,
     tta_views,
 )
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 MEAN = STD = (0.5, 0.5, 0.5)
 

@@ -10,7 +10,7 @@ from torch import nn
 import models
 from models import cnn, rnn
 from models._registry import register_model
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 CLASSIC = {
     "cnn": {"lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18_d2l", "densenet_d2l"},

@@ -20,7 +20,7 @@ from models.pretrained import (
     pretrained_state_dict,
     weights_record,
 )
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 DAISY, PALACE = 985, 698
 

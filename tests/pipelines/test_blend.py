@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from pipelines.__main__ import main
-from pipelines.blend import nested_cross_fitted_scores
-from pipelines.blending import cross_fitted_scores
-from pipelines.house_prices import HousePricesConfig, run_pipeline
+from pipelines.commands.blend import nested_cross_fitted_scores
+from pipelines.competitions.house_prices.pipeline import HousePricesConfig, run_pipeline
+from pipelines.core.blending import cross_fitted_scores
 
 
 @pytest.fixture(scope="module")

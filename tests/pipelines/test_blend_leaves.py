@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import blending
 from pipelines.__main__ import main
-from pipelines.leafgen import generate_leaves
+from pipelines.competitions.leaves.leafgen import generate_leaves
+from pipelines.core import blending
 
 TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--folds", "2",
         "--no-progress", "--img-size", "32", "--tta", "1"]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipelines.cv import FoldSplitter, RepeatedFoldSplitter, cross_validate, make_folds, make_repeated_folds
-from pipelines.errors import PipelineError
+from pipelines.core.cv import FoldSplitter, RepeatedFoldSplitter, cross_validate, make_folds, make_repeated_folds
+from pipelines.core.errors import PipelineError
 
 
 @pytest.mark.parametrize("strategy", ["kfold", "stratified", "binned", "group"])

@@ -50,7 +50,7 @@ def test_empty_csv(content, house_copy, tmp_path, capsys):
 def test_missing_folder_and_tampered_shipped_copy(tmp_path, capsys, monkeypatch):
     assert _cli(tmp_path / "nope", tmp_path / "out") == 2
     assert "no such folder" in capsys.readouterr().err
-    import pipelines.house_prices as hp
+    import pipelines.competitions.house_prices.pipeline as hp
 
     monkeypatch.setitem(hp.SHIPPED_MD5, "train.csv", "0" * 32)
     assert main(["house-prices", "--out-dir", str(tmp_path / "out"), "--no-progress"]) == 2

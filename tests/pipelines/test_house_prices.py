@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from features.house import HouseImputer
-from pipelines.house_prices import HousePricesConfig, outlier_mask, run_pipeline
+from pipelines.competitions.house_prices.pipeline import HousePricesConfig, outlier_mask, run_pipeline
 
 
 def _run(tmp_path, **kw):
@@ -112,7 +112,7 @@ TINY = {"lgbm": {"n_estimators": 20}, "xgb": {"n_estimators": 20}, "catboost": {
 
 def test_every_zoo_model_and_feature_step_fits_on_training_rows_only(tmp_path, monkeypatch):
     """The leakage spy for the whole zoo: every model and the range clipper see only their fold's rows."""
-    import pipelines.house_models as hm
+    import pipelines.competitions.house_prices.estimators as hm
     from features.house import RangeClipper
 
     names = [n for n in hm.STRONG_MODELS if n != "xgb" or importlib.util.find_spec("xgboost")]
@@ -173,7 +173,7 @@ def test_a_house_far_outside_the_training_range_stays_within_its_neighbourhoods_
 
 
 def test_mlp_trains_through_the_shared_loop_and_is_reproducible():
-    from pipelines.house_mlp import MLPRegressor
+    from pipelines.competitions.house_prices.mlp import MLPRegressor
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5))
@@ -186,7 +186,7 @@ def test_mlp_trains_through_the_shared_loop_and_is_reproducible():
 def test_huber_lasso_down_weights_gross_outliers_that_tilt_a_plain_lasso():
     from sklearn.linear_model import Lasso
 
-    from pipelines.house_models import HuberLasso
+    from pipelines.competitions.house_prices.estimators import HuberLasso
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 4))
@@ -200,7 +200,7 @@ def test_huber_lasso_down_weights_gross_outliers_that_tilt_a_plain_lasso():
 
 
 def test_runs_ranks_an_older_run_that_left_rows_unscored_by_its_all_rows_cv(tmp_path):
-    from pipelines.runs import leaderboard, load_runs
+    from pipelines.commands.runs import leaderboard, load_runs
 
     folder = tmp_path / "house-prices"
     folder.mkdir()

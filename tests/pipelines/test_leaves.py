@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pipelines.__main__ import main
-from pipelines.checkpoint import EarlyStopping
-from pipelines.leafgen import generate_leaves
+from pipelines.competitions.leaves.leafgen import generate_leaves
+from pipelines.core.checkpoint import EarlyStopping
 
 TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--folds", "2",
         "--no-progress", "--img-size", "32"]
@@ -79,7 +79,7 @@ def test_patience_early_stops_on_an_inner_split_never_on_the_scored_fold(tiny_le
 def test_inner_split_is_a_stratified_part_of_the_training_rows():
     import numpy as np
 
-    from pipelines.leaves import inner_split
+    from pipelines.competitions.leaves.pipeline import inner_split
 
     y = np.repeat([0, 1, 2], 20)
     train_idx = np.arange(0, 60, 2)  # 10 rows of each class
@@ -93,7 +93,7 @@ def test_tta_views_are_chosen_on_the_other_folds_only():
     fold 2 gets two views although its own rows prefer one; folds 0 and 1 see a tie and keep one."""
     import numpy as np
 
-    from pipelines.leaves import choose_tta
+    from pipelines.competitions.leaves.pipeline import choose_tta
 
     y = np.zeros(6, dtype=int)
     folds = np.array([0, 0, 1, 1, 2, 2])
@@ -111,7 +111,7 @@ def test_pretrained_head_starts_at_uniform_loss():
 
     import torch
 
-    from pipelines.leaves import LeavesConfig, build_trainer
+    from pipelines.competitions.leaves.pipeline import LeavesConfig, build_trainer
 
     trainer = build_trainer(LeavesConfig(progress=False), n_classes=4, steps_per_epoch=1, device=torch.device("cpu"))
     trainer.module.eval()
@@ -121,7 +121,7 @@ def test_pretrained_head_starts_at_uniform_loss():
 
 
 def test_image_size_is_raised_to_the_model_minimum_or_refused(tiny_leaves, tmp_path, capsys):
-    from pipelines.leaves import fit_size_to_model
+    from pipelines.competitions.leaves.pipeline import fit_size_to_model
 
     assert fit_size_to_model("alexnet", 32) == 65  # declared min_input_size
     assert fit_size_to_model("alexnet", 96) == 96
@@ -209,7 +209,7 @@ def test_synthetic_task_defeats_a_linear_model_on_pixels(tmp_path):
 def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path, monkeypatch, capsys):
     """With credentials (found as `submit` finds them) and no local data, leaves downloads with the real
     client; offline, that is one line that leaks no secret, and no run is written."""
-    import pipelines.leaves as leaves
+    import pipelines.competitions.leaves.pipeline as leaves
 
     secret = "KGAT_0123456789abcdef0123456789abcdef"
     home = tmp_path / "home"

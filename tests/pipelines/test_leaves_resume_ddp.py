@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.leafgen import generate_leaves
+from pipelines.competitions.leaves.leafgen import generate_leaves
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8", "--folds", "2", "--fold", "0",

@@ -11,7 +11,7 @@ import torch
 
 from models import create_model
 from pipelines.__main__ import main
-from pipelines.leafgen import generate_leaves
+from pipelines.competitions.leaves.leafgen import generate_leaves
 
 TINY = ["--epochs", "1", "--batch-size", "8", "--folds", "2", "--fold", "0", "--no-progress", "--img-size", "32",
         "--tta", "1"]

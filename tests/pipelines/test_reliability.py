@@ -34,9 +34,9 @@ def work_must_not_start(*_, **__):
 
 # ------------------------------------------------------------------------------ one line for any failure
 def test_unexpected_error_is_one_line_naming_the_log_that_keeps_the_traceback(log_dir, monkeypatch, capsys):
-    import pipelines.runs
+    import pipelines.commands.runs
 
-    monkeypatch.setattr(pipelines.runs, "run", lambda args: {}["no such key"])
+    monkeypatch.setattr(pipelines.commands.runs, "run", lambda args: {}["no such key"])
     assert main(["runs"]) == 1
     captured = capsys.readouterr()
     err = one_line(captured.err)
@@ -47,7 +47,7 @@ def test_unexpected_error_is_one_line_naming_the_log_that_keeps_the_traceback(lo
 
 def test_a_failing_tune_trial_is_one_line_and_optunas_traceback_goes_to_the_log(tmp_path, log_dir, monkeypatch,
                                                                                  capfd):
-    from pipelines import tune
+    from pipelines.commands import tune
 
     def broken(self, trial):
         raise ValueError("broken objective")
@@ -73,18 +73,18 @@ def a_file(tmp_path) -> Path:
 
 @pytest.mark.parametrize("below", ["", "sub"])
 def test_house_prices_checks_out_dir_before_the_cv(a_file, below, monkeypatch, capsys):
-    import pipelines.house_prices
+    import pipelines.competitions.house_prices.pipeline
 
-    monkeypatch.setattr(pipelines.house_prices, "load", work_must_not_start)
+    monkeypatch.setattr(pipelines.competitions.house_prices.pipeline, "load", work_must_not_start)
     assert main([*HP, "--out-dir", str(a_file / below)]) == 2
     assert "is a file, not a folder" in one_line(capsys.readouterr().err)
 
 
 def test_leaves_checks_settings_and_folders_before_training_and_makes_no_run_folder(tmp_path, a_file, monkeypatch,
                                                                                    capsys):
-    import pipelines.leaves
+    import pipelines.competitions.leaves.pipeline
 
-    monkeypatch.setattr(pipelines.leaves, "load_data", work_must_not_start)
+    monkeypatch.setattr(pipelines.competitions.leaves.pipeline, "load_data", work_must_not_start)
     base = ["leaves", "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
     cases = {
         ("--out-dir", str(a_file)): "is a file, not a folder",
@@ -101,7 +101,7 @@ def test_leaves_checks_settings_and_folders_before_training_and_makes_no_run_fol
 
 
 def test_runs_csv_into_a_missing_folder_is_made_and_under_a_file_is_refused(tmp_path, a_file, capsys):
-    from pipelines.house_prices import HousePricesConfig, run_pipeline
+    from pipelines.competitions.house_prices.pipeline import HousePricesConfig, run_pipeline
 
     out = tmp_path / "subs"
     run_pipeline(HousePricesConfig(out_dir=str(out), folds=2, models=["lasso"], progress=False))
@@ -118,7 +118,7 @@ def test_runs_csv_into_a_missing_folder_is_made_and_under_a_file_is_refused(tmp_
 @pytest.fixture(scope="module")
 def two_test_sets(tmp_path_factory):
     """Two lasso runs on the same training rows and folds, one on a test set with one value changed."""
-    from pipelines.house_prices import DEFAULT_DIR, HousePricesConfig, run_pipeline
+    from pipelines.competitions.house_prices.pipeline import DEFAULT_DIR, HousePricesConfig, run_pipeline
 
     root = tmp_path_factory.mktemp("two-test-sets")
     other = Path(shutil.copytree(DEFAULT_DIR, root / "other-data"))
@@ -137,14 +137,17 @@ def test_blend_refuses_runs_made_on_different_test_sets(two_test_sets, capsys):
 
 
 def test_blend_checks_out_dir_before_blending(two_test_sets, a_file, monkeypatch, capsys):
-    import pipelines.blend
+    import pipelines.commands.blend
 
     root, (a, _) = two_test_sets
-    from pipelines.house_prices import HousePricesConfig, run_pipeline  # a second run on the same test set
+    from pipelines.competitions.house_prices.pipeline import (  # a second run on the same test set
+        HousePricesConfig,
+        run_pipeline,
+    )
 
     b = run_pipeline(HousePricesConfig(out_dir=str(root / "subs2"), folds=2, models=["lasso"], progress=False,
                                        seed=0))["files"]
-    monkeypatch.setattr(pipelines.blend, "blend_house_prices", work_must_not_start)
+    monkeypatch.setattr(pipelines.commands.blend, "blend_house_prices", work_must_not_start)
     assert main(["blend", str(a.record), str(b.record), "--out-dir", str(a_file)]) == 2
     assert "is a file, not a folder" in one_line(capsys.readouterr().err)
 
@@ -236,7 +239,7 @@ def test_a_typo_in_data_dir_leaves_no_study_and_paths_are_normalised(house_copy,
 
 
 def test_after_ctrl_c_in_trial_0_resume_reruns_the_presets_defaults(tmp_path, monkeypatch, capsys):
-    from pipelines import tune
+    from pipelines.commands import tune
 
     real = tune.HousePricesObjective.__call__
 

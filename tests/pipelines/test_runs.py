@@ -6,8 +6,8 @@ import json
 import pytest
 
 from pipelines.__main__ import main
-from pipelines.house_prices import HousePricesConfig, run_pipeline
-from pipelines.submit import append_submission
+from pipelines.commands.submit import append_submission
+from pipelines.competitions.house_prices.pipeline import HousePricesConfig, run_pipeline
 
 
 @pytest.fixture(scope="module")

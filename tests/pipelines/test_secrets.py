@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.__main__ import main
-from pipelines.errors import PipelineError, mask_secrets
+from pipelines.core.errors import PipelineError, mask_secrets
 
 SECRET = "hunter2Zq"
 TAIL = "Tq9tail"  # the part of a password after an unencoded '@', which a driver takes for the host
@@ -73,12 +73,12 @@ def test_tune_with_a_malformed_storage_leaks_the_password_nowhere(url, tmp_path,
 
 
 def test_an_unexpected_error_quoting_a_secret_is_masked_in_the_line_and_the_log(tmp_path, monkeypatch, capfd):
-    import pipelines.runs
+    import pipelines.commands.runs
 
     def boom(args):
         raise RuntimeError(f"connection to postgresql://u:{SECRET}@h/db failed; password={SECRET}")
 
-    monkeypatch.setattr(pipelines.runs, "run", boom)
+    monkeypatch.setattr(pipelines.commands.runs, "run", boom)
     monkeypatch.setenv("PIPELINES_LOG_DIR", str(tmp_path / "logs"))
     assert main(["runs", "--debug"]) == 1
     captured = capfd.readouterr()
@@ -91,7 +91,7 @@ def test_worker_processes_get_the_storage_url_from_the_environment_not_argv(tmp_
     """A password in argv is visible to every local user through ps: the workers' command lines hold none."""
     import argparse
 
-    from pipelines.tune import STORAGE_ENV, add_arguments, child_argv
+    from pipelines.commands.tune import STORAGE_ENV, add_arguments, child_argv
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)

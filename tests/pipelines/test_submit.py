@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from pipelines.__main__ import main
-from pipelines.submit import append_submission
-from submissions import kaggle_client
-from submissions.kaggle_client import SETUP_HELP, Credentials, find_credentials, translate
+from pipelines.commands.submit import append_submission
+from pipelines.core import kaggle_client
+from pipelines.core.kaggle_client import SETUP_HELP, Credentials, find_credentials, translate
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_IDS = pd.read_csv(REPO / "data" / "house-prices" / "test.csv", usecols=["Id"])["Id"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines import training
-from pipelines.training import (
+from pipelines.core import training
+from pipelines.core.training import (
     Trainer,
     autocast_dtype,
     collective_device,

@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from pipelines.__main__ import main
-from pipelines.tuning import mask_url
+from pipelines.core.tuning import mask_url
 
 REPO = Path(__file__).resolve().parents[2]
 CHEAP = ["--models", "lasso,enet", "--folds", "3"]
@@ -188,7 +188,7 @@ def test_sigkill_mid_trial_then_resume(postgres_url: str, tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------------------- leaves
 def test_tune_leaves_tiny_study_and_best(tmp_path: Path, capsys) -> None:
     """One trial of the leaves recipe on a tiny synthetic set; --best writes the run and names the trial."""
-    from pipelines.leafgen import generate_leaves
+    from pipelines.competitions.leaves.leafgen import generate_leaves
 
     data = generate_leaves(tmp_path / "data", n_species=3, n_train=24, n_test=6, size=32, seed=1)
     url = f"sqlite:///{tmp_path / 'leaves.db'}"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 from submissions.writer import SubmissionSpec, validate_submission, write_run
 
 SPEC = SubmissionSpec("toy", ["Id", "SalePrice"], ids=pd.Series([1, 2, 3]), positive=True)

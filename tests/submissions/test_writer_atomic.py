@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
 REPO = Path(__file__).resolve().parents[2]

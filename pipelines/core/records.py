@@ -15,7 +15,7 @@ import numpy as np
 PACKAGES = (
     "numpy", "pandas", "scikit-learn", "scipy", "torch", "torchvision", "timm", "lightgbm", "optuna", "kaggle",
 )
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_state(root: Path = REPO_ROOT) -> dict:

@@ -1,6 +1,6 @@
 """``python -m pipelines blend RUN_A RUN_B ...``: blend finished runs on their out-of-fold predictions.
 
-Weights are non-negative and sum to one (``pipelines.blending.fit_simplex_weights``), fitted in the
+Weights are non-negative and sum to one (``pipelines.core.blending.fit_simplex_weights``), fitted in the
 metric's space: for house prices on log predictions against log price, so the blend is a weighted
 geometric mean of the runs' prices. The blend's CV is cross-fitted: the weights scored
 on fold k never saw fold k, and neither did the model weights inside a run that itself blended several
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines import blending
-from pipelines.errors import PipelineError
-from pipelines.runs import Run, find_run, models_label
+from pipelines.commands.runs import Run, find_run, models_label
+from pipelines.core import blending
+from pipelines.core.errors import PipelineError
 
 
 def _read(path, what: str, **kwargs) -> pd.DataFrame:
@@ -62,7 +62,7 @@ def check_compatible(runs: list[Run]) -> None:
 
 def test_set(run: Run) -> tuple[Path, str | None]:
     """The folder a run read its test set from, and the MD5 of that ``test.csv`` now (``None``: gone)."""
-    from pipelines.io import md5
+    from pipelines.core.io import md5
     from submissions.competitions import data_dir_of, get_competition
 
     folder = data_dir_of(run.record)
@@ -117,7 +117,7 @@ def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np
 
 def blend_house_prices(runs: list[Run]) -> dict:
     """Fit, score and build everything a blended house-prices run writes. Nothing is written here."""
-    from pipelines.house_prices import ID, TARGET, log_rmse
+    from pipelines.competitions.house_prices.pipeline import ID, TARGET, log_rmse
 
     oofs = [_read(r.oof, f"{r.stem}: out-of-fold file") for r in runs]
     subs = [_read(r.submission, f"{r.stem}: submission") for r in runs]
@@ -241,7 +241,7 @@ def blend_leaves(runs: list[Run]) -> dict:
 
 
 def leaves_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    from pipelines.leaves import accuracy
+    from pipelines.competitions.leaves.pipeline import accuracy
 
     return accuracy(y, probs)
 

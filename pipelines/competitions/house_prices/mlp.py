@@ -1,6 +1,6 @@
 """A small MLP regressor for the strong house-prices preset, trained through the shared loop.
 
-A scikit-learn estimator around ``models.create_model("mlp")`` and ``pipelines.training.Trainer``, so
+A scikit-learn estimator around ``models.create_model("mlp")`` and ``pipelines.core.training.Trainer``, so
 it runs on a GPU when there is one (bit-reproducible fp32 on CPU under a seed) and drops into the same
 CV, stack and refit as every other model. Inputs are the preset's per-fold feature matrix; the target
 is centred and scaled on the rows passed to ``fit`` only.
@@ -26,7 +26,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         from torch.utils.data import DataLoader, TensorDataset
 
         from models import create_model
-        from pipelines.training import Trainer, warmup_cosine
+        from pipelines.core.training import Trainer, warmup_cosine
 
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.errors import PipelineError
-from pipelines.records import dumps, utc_now
-from pipelines.runs import Run, read_run
+from pipelines.commands.runs import Run, read_run
+from pipelines.core.errors import PipelineError
+from pipelines.core.records import dumps, utc_now
 from submissions.writer import SubmissionSpec, validate_submission
 
 
@@ -119,7 +119,7 @@ def _replace(path: Path, before: dict, after: dict) -> None:
 
 def fetch_scores(record_path: Path, slug: str, creds, wait: float) -> dict[int, float]:
     """Poll Kaggle (up to ``wait`` seconds) for the public scores of this record's submissions."""
-    from submissions import kaggle_client
+    from pipelines.core import kaggle_client
 
     refs = {s.get("kaggle_ref") for s in json.loads(record_path.read_text()).get("submissions", [])} - {None}
     if not refs:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: nothing sent")
         return 0
 
-    from submissions import kaggle_client
+    from pipelines.core import kaggle_client
 
     creds = kaggle_client.require_credentials()
     if args.score_only:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 STRATEGIES = ("kfold", "stratified", "binned", "group")
 MIN_ROWS_PER_FOLD = 2  # a fold scores on at least two rows

@@ -1,7 +1,7 @@
 """``python -m pipelines tune {house-prices,leaves}``: a pruned, resumable, parallel Optuna study.
 
 The objective is the pipeline's own shared CV score; the search spaces live next to the models they
-tune (``pipelines.house_models.SEARCH_SPACES``, ``pipelines.leaves_space``). ``--trials N`` is the total
+tune (``house_prices/estimators.SEARCH_SPACES``, ``leaves/objective.SEARCH_SPACE``). ``--trials N`` is the total
 number of finished trials wanted in the study, so re-running the same command resumes a killed session.
 ``--workers K`` starts K processes on the same study; workers on other machines join by running the
 same command with the same ``--storage postgresql://…`` and ``--study``. ``--best`` then trains the
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import optuna
 
-from pipelines import tuning
-from pipelines.errors import PipelineError
+from pipelines.core import tuning
+from pipelines.core.errors import PipelineError
 
 COMPETITIONS = ("house-prices", "leaves")
 STORAGE_ENV = "PIPELINES_TUNE_STORAGE"  # the storage URL without putting its password on a command line
@@ -42,8 +42,8 @@ class HousePricesObjective:
     direction = "minimize"
 
     def __init__(self, args: argparse.Namespace):
-        from pipelines.house_models import model_names
-        from pipelines.house_prices import HousePricesConfig
+        from pipelines.competitions.house_prices.estimators import model_names
+        from pipelines.competitions.house_prices.pipeline import HousePricesConfig
 
         models = model_names(args.models.split(",") if args.models else None)
         self.base = HousePricesConfig(preset="strong", folds=args.folds or 5, seed=args.seed, data_dir=args.data_dir,
@@ -55,27 +55,27 @@ class HousePricesObjective:
     @property
     def setup(self) -> dict:
         """What makes two trials comparable: a study refuses to mix trials from different setups."""
-        from pipelines.house_prices import outlier_policy
+        from pipelines.competitions.house_prices.pipeline import outlier_policy
 
         return {"competition": "house-prices", "folds": self.base.folds, "repeats": self.base.repeats,
                 "seed": self.base.seed, "models": self.base.models, "data_dir": self.base.data_dir,
                 "scored": "all rows", "outliers": outlier_policy(self.base)}
 
     def config(self, trial: optuna.Trial | optuna.trial.FixedTrial):
-        from pipelines.house_models import SEARCH_SPACES
+        from pipelines.competitions.house_prices.estimators import SEARCH_SPACES
 
         return replace(self.base, params={name: SEARCH_SPACES[name](trial) for name in self.base.models})
 
     def defaults(self) -> dict:
         """The preset's own parameters in the search space's names: trial 0, so the study starts from them."""
-        from pipelines.house_models import STRONG_MODELS
+        from pipelines.competitions.house_prices.estimators import STRONG_MODELS
 
         names = tuning_param_names(self.config)
         return {n: STRONG_MODELS[n.split(".")[0]][1][n.split(".", 1)[1]] for n in names
                 if n.split(".", 1)[1] in STRONG_MODELS[n.split(".")[0]][1]}
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from pipelines.house_prices import run_pipeline
+        from pipelines.competitions.house_prices.pipeline import run_pipeline
 
         cfg = replace(self.config(trial), test_pred="average")  # the CV is the same; skip the refit
         step = {name: i * cfg.folds * cfg.repeats for i, name in enumerate(cfg.models)}
@@ -91,7 +91,7 @@ class HousePricesObjective:
         return out["cv_mean"]
 
     def train_best(self, params: dict, extra_record: dict) -> dict:
-        from pipelines.house_prices import run_pipeline
+        from pipelines.competitions.house_prices.pipeline import run_pipeline
 
         cfg = replace(self.config(optuna.trial.FixedTrial(params)), progress=True, extra_record=extra_record)
         out = run_pipeline(cfg)
@@ -123,7 +123,7 @@ def tuning_param_names(build) -> list[str]:
 def make_objective(args: argparse.Namespace):
     if args.competition == "house-prices":
         return HousePricesObjective(args)
-    from pipelines.leaves_space import LeavesObjective
+    from pipelines.competitions.leaves.objective import LeavesObjective
 
     return LeavesObjective(args)
 
@@ -132,18 +132,18 @@ def make_objective(args: argparse.Namespace):
 def validate_inputs(args: argparse.Namespace, objective) -> None:
     """Everything a study's first trial would trip on, checked before any study or storage file exists:
     the data (read with the pipeline's own checks), the folds for its rows, the settings, the folders."""
-    from pipelines.cv import make_folds
+    from pipelines.core.cv import make_folds
     from submissions.writer import check_writable_dir
 
     if args.folds is not None and args.folds < 2:  # 0 must not silently mean the default
         raise PipelineError(f"--folds must be at least 2, got {args.folds}")
     if args.competition == "house-prices":
-        from pipelines.house_prices import load
+        from pipelines.competitions.house_prices.pipeline import load
 
         train, _ = load(args.data_dir)
         make_folds(len(train), args.folds or 5)  # refuses too few rows for the folds
     else:
-        from pipelines.leaves import check_config, read_table
+        from pipelines.competitions.leaves.pipeline import check_config, read_table
 
         if args.epochs is not None and args.epochs < 1:  # 0 must not silently mean the default
             raise PipelineError(f"--epochs must be at least 1, got {args.epochs}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from pipelines.errors import PipelineError, mask_secrets, secrets_in
+from pipelines.core.errors import PipelineError, mask_secrets, secrets_in
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts
 LIVE = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)  # will count unless a worker dies

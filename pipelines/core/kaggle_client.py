@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import PipelineError, mask_secrets
+from pipelines.core.errors import PipelineError, mask_secrets
 
 TOKEN_URL = "https://www.kaggle.com/settings/api"
 SETUP_HELP = (

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 SUFFIXES = (".json", ".csv", "_oof.csv", "_test_probs.csv")
 COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path")

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipelines.checkpoint import rng_state, set_rng_state
+from pipelines.core.checkpoint import rng_state, set_rng_state
 
 EVENTS = ("on_batch_end", "on_epoch_end")
 

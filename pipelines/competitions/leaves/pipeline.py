@@ -12,7 +12,7 @@ of the training folds. The record's ``epoch_choice`` says which.
 
 Works on any folder in the Kaggle layout (``images/``, ``train.csv`` with ``image,label``, ``test.csv``
 with ``image``). Without ``--data-dir`` it uses ``data/classify-leaves/``, else downloads it when Kaggle
-credentials are set up, else generates a synthetic leaf set (``pipelines.leafgen``).
+credentials are set up, else generates a synthetic leaf set (``pipelines.competitions.leaves.leafgen``).
 Under ``torchrun`` every rank trains its shard (DDP) and rank 0 writes all files.
 """
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import PipelineError
-from pipelines.records import REPO_ROOT, dumps
+from pipelines.core.errors import PipelineError
+from pipelines.core.records import REPO_ROOT, dumps
 
 COMPETITION = "classify-leaves"
 DEFAULT_DATA = REPO_ROOT / "data" / "classify-leaves"
@@ -168,24 +168,24 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
         return root, "given"
     if (DEFAULT_DATA / "train.csv").is_file():
         return DEFAULT_DATA, "local"
-    from submissions import kaggle_client
+    from pipelines.core import kaggle_client
 
     creds = kaggle_client.find_credentials()  # the same discovery as `submit`
     if creds is not None:
-        from pipelines.training import is_main_process
+        from pipelines.core.training import is_main_process
 
         if is_main_process():
             say(f"downloading {COMPETITION} with the kaggle client ({creds.describe()}) into {DEFAULT_DATA}")
             kaggle_client.download(COMPETITION, DEFAULT_DATA, creds)
         _barrier()
         return DEFAULT_DATA, "kaggle"
-    from pipelines.leafgen import VERSION, generate_leaves
+    from pipelines.competitions.leaves.leafgen import VERSION, generate_leaves
 
     n = (cfg.synthetic_species, cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_size)
     root = REPO_ROOT / "cache" / "synthetic-leaves" / f"v{VERSION}_s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed{cfg.seed}"
     say(f"no data/classify-leaves/ and no Kaggle credentials: using a synthetic leaf set ({n[0]} species, "
         f"{n[1]} train / {n[2]} test images, {n[3]} px) in {root.relative_to(REPO_ROOT)}")
-    from pipelines.training import is_main_process
+    from pipelines.core.training import is_main_process
 
     if is_main_process() and not (root / ".complete").exists():  # rank 0 draws, the other ranks wait
         generate_leaves(root, n_species=n[0], n_train=n[1], n_test=n[2], size=n[3], seed=cfg.seed)
@@ -195,8 +195,8 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
 
 
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """The shared CSV checks (``pipelines.io``), then no blank cell in ``columns``, no image listed twice."""
-    from pipelines.io import check_unique, read_csv
+    """The shared CSV checks (``pipelines.core.io``), then no blank cell in ``columns``, no image listed twice."""
+    from pipelines.core.io import check_unique, read_csv
 
     frame = read_csv(path, columns, dtype=str)
     blank = frame[columns].isna().any(axis=1)
@@ -272,7 +272,7 @@ def make_loader(dataset, cfg: LeavesConfig, *, train: bool, seed: int, device):
     from torch.utils.data import DataLoader
 
     from features.images import SeededSampler
-    from pipelines.training import world
+    from pipelines.core.training import world
 
     rank, world_size = world()
     workers = cfg.workers
@@ -308,7 +308,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     from timm.utils import ModelEmaV3
 
     from models.pretrained import create_backbone
-    from pipelines.training import Trainer, warmup_cosine
+    from pipelines.core.training import Trainer, warmup_cosine
 
     model = create_backbone(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
     if cfg.pretrained or cfg.pretrained_file:
@@ -383,9 +383,9 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
 
     from features.images import ImageDataset, eval_transform, train_transform, tta_views
     from models.pretrained import input_stats
-    from pipelines.checkpoint import EarlyStopping, load_checkpoint, save_checkpoint
-    from pipelines.seed import set_seed
-    from pipelines.training import broadcast_value, is_main_process
+    from pipelines.core.checkpoint import EarlyStopping, load_checkpoint, save_checkpoint
+    from pipelines.core.seed import set_seed
+    from pipelines.core.training import broadcast_value, is_main_process
 
     set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
     fold_dir = run_dir / f"fold{fold}"
@@ -489,14 +489,14 @@ def choose_tta(valid_views: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dic
 
 def _n_batches(n: int, cfg: LeavesConfig) -> int:
     """Optimizer steps per epoch, as :func:`make_loader` batches the training set (for the LR schedule)."""
-    from pipelines.training import world
+    from pipelines.core.training import world
 
     per_rank = n // world()[1]
     return max(1, per_rank // min(cfg.batch_size, per_rank))
 
 
 def _barrier() -> None:
-    from pipelines.training import world
+    from pipelines.core.training import world
 
     if world()[1] > 1:
         import torch.distributed as dist
@@ -555,7 +555,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str])
 
 
 def say(message: str) -> None:
-    from pipelines.training import is_main_process
+    from pipelines.core.training import is_main_process
 
     if is_main_process():
         print(message, flush=True)
@@ -572,7 +572,7 @@ def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
         saved = json.loads((run_dir / "config.json").read_text())
         keep = {"progress": cfg.progress, "workers": cfg.workers, "resume": cfg.resume}
         return LeavesConfig(**{**saved, **keep}), run_dir
-    from pipelines.training import world
+    from pipelines.core.training import world
 
     names = [f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}_{cfg.model}_seed{cfg.seed}"]
     if world()[1] > 1:  # every rank uses rank 0's name
@@ -590,9 +590,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_config(cfg: LeavesConfig) -> int:
     from models.pretrained import weights_record
-    from pipelines.cv import cross_validate, make_folds
-    from pipelines.seed import set_seed
-    from pipelines.training import default_device, init_distributed, is_main_process, world
+    from pipelines.core.cv import cross_validate, make_folds
+    from pipelines.core.seed import set_seed
+    from pipelines.core.training import default_device, init_distributed, is_main_process, world
     from submissions.writer import SubmissionSpec, write_run
 
     t0 = time.perf_counter()

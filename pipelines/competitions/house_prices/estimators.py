@@ -20,7 +20,7 @@ from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.svm import SVR
 
 from features.house import make_preprocessor
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 __all__ = ["DEFAULT_MODELS", "FAST_MODELS", "STRONG_MODELS", "SEARCH_SPACES", "HuberLasso", "make_model",
            "make_preprocessor", "model_names"]
@@ -83,7 +83,7 @@ def _knn(seed: int, **params) -> RegressorMixin:
 
 
 def _mlp(seed: int, **params) -> RegressorMixin:
-    from pipelines.house_mlp import MLPRegressor
+    from pipelines.competitions.house_prices.mlp import MLPRegressor
 
     return MLPRegressor(seed=seed, **params)
 

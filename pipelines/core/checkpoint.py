@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 
 class EarlyStopping:

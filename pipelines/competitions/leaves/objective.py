@@ -1,6 +1,6 @@
 """Classify Leaves tuning: the search space over ``LeavesConfig`` and the objective ``tune leaves`` runs.
 
-Kept beside ``pipelines/leaves.py`` (whose owner changes it often) and built only on its public pieces:
+Kept beside ``pipeline.py`` (whose owner changes it often) and built only on its public pieces:
 ``load_data`` once per process, then per trial the shared fold splitter and CV driver around
 ``fit_fold``. The value is the CV accuracy. After every epoch the trial reports the running CV (the
 finished folds' accuracies and the current fold's validation accuracy so far, averaged) at step
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 # name in the study -> (LeavesConfig field, suggest) ; ranges around the preset's fine-tuning defaults
 SEARCH_SPACE: Callable[[optuna.Trial], dict] = lambda t: {  # noqa: E731
@@ -65,7 +65,7 @@ class LeavesObjective:
     direction = "maximize"
 
     def __init__(self, args: argparse.Namespace):
-        from pipelines.leaves import LeavesConfig
+        from pipelines.competitions.leaves.pipeline import LeavesConfig
 
         self.trials_dir = Path(args.runs_dir) / "tune" / args.study / "trials"
         base = LeavesConfig(folds=args.folds or 3, epochs=args.epochs or 3, data_dir=args.data_dir, seed=args.seed,
@@ -83,14 +83,14 @@ class LeavesObjective:
         return dataclasses.replace(self.base, **SEARCH_SPACE(trial))
 
     def defaults(self) -> dict:
-        from pipelines.tune import tuning_param_names
+        from pipelines.commands.tune import tuning_param_names
 
         return {name: getattr(self.base, name) for name in tuning_param_names(self.config)}
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from pipelines.cv import cross_validate, make_folds
-        from pipelines.leaves import accuracy, fit_fold, load_data
-        from pipelines.training import default_device
+        from pipelines.competitions.leaves.pipeline import accuracy, fit_fold, load_data
+        from pipelines.core.cv import cross_validate, make_folds
+        from pipelines.core.training import default_device
 
         cfg = self.config(trial)
         device = default_device()
@@ -123,7 +123,7 @@ class LeavesObjective:
         """The normal leaves run with the best parameters; the study and trial go into its run record."""
         import json
 
-        from pipelines.leaves import COMPETITION, run_config
+        from pipelines.competitions.leaves.pipeline import COMPETITION, run_config
 
         cfg = dataclasses.replace(self.config(optuna.trial.FixedTrial(params)), progress=True,
                                   extra_record=extra_record)

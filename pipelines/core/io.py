@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 # |value| above this is refused in a numeric column: no real feature or target comes near it, and squares
 # and sums of such values overflow float64 inside the models

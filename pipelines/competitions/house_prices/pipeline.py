@@ -4,7 +4,7 @@ Presets:
 - ``d2l``: the classic d2l recipe, exactly (standardize over train+test, NaN → 0, one-hot with NaN
   indicator, one ``nn.Linear``, Adam lr 5, batch 64, 100 epochs, MSE on the raw price).
 - ``strong`` (default): domain imputation, ordinal maps, engineered features, skew correction and
-  one-hot inside every fold; a zoo of models on ``log1p(price)`` (``pipelines.house_models``) and a
+  one-hot inside every fold; a zoo of models on ``log1p(price)`` (``estimators.py`` beside this file) and a
   level-2 stack: non-negative weights summing to one, fitted on the out-of-fold predictions.
 
 Every CV here scores every training row, as the leaderboard will. Which models are fitted without the
@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from features.house import NUMERIC_COLUMNS, d2l_features
-from pipelines import blending
-from pipelines.cv import CVResult, cross_validate, make_repeated_folds
-from pipelines.errors import PipelineError
-from pipelines.io import check_numeric, check_unique, md5, read_csv
-from pipelines.records import REPO_ROOT
-from pipelines.seed import set_seed
+from pipelines.core import blending
+from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
+from pipelines.core.errors import PipelineError
+from pipelines.core.io import check_numeric, check_unique, md5, read_csv
+from pipelines.core.records import REPO_ROOT
+from pipelines.core.seed import set_seed
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
 NAME = "house-prices"
@@ -136,7 +136,7 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from pipelines.training import Trainer
+    from pipelines.core.training import Trainer
 
     X, X_test = (torch.tensor(a) for a in d2l_features(train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])))
     y = torch.tensor(train[TARGET].to_numpy(), dtype=torch.float32).reshape(-1, 1)
@@ -173,7 +173,7 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     ``feature_cache`` keeps the per-fold matrices across calls on the same data and folds (a tuner's
     trials only change model parameters, so the preprocessing need not be refitted every trial).
     """
-    from pipelines.house_models import FAST_MODELS, make_model, make_preprocessor, model_names
+    from pipelines.competitions.house_prices.estimators import FAST_MODELS, make_model, make_preprocessor, model_names
 
     names = model_names(cfg.models or (list(FAST_MODELS) if cfg.fast else None))
     dropping = fitted_without_outliers(cfg, names)
@@ -212,7 +212,7 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
 # ------------------------------------------------------------------------------------------ the run
 def fitted_without_outliers(cfg: HousePricesConfig, names: list[str]) -> list[str]:
     """The models of ``names`` that this run fits without the two documented outliers."""
-    from pipelines.house_models import SMOOTH_MODELS
+    from pipelines.competitions.house_prices.estimators import SMOOTH_MODELS
 
     drop = DROP_OUTLIERS_DEFAULT[cfg.preset] if cfg.drop_outliers is None else cfg.drop_outliers
     return [n for n in names if (n in SMOOTH_MODELS if drop is None else drop)]
@@ -373,7 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-pred", choices=("refit", "average"), default="refit",
                         help="test predictions from a refit on all rows, or the average of the fold models")
     parser.add_argument("--models", default=None,
-                        help="strong preset: comma-separated models of the zoo (pipelines/house_models.py)")
+                        help="strong preset: comma-separated models of the zoo (house_prices/estimators.py)")
     parser.add_argument("--fast", action="store_true", help="strong preset: the quick model set (FAST_MODELS)")
     outl = parser.add_mutually_exclusive_group()
     outl.add_argument("--drop-outliers", dest="drop_outliers", action="store_true", default=None,

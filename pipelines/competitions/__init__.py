@@ -1,0 +1,1 @@
+"""One package per competition, each built only on ``pipelines.core``."""

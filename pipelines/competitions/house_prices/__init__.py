@@ -1,0 +1,1 @@
+"""House Prices (tabular regression): pipeline, model zoo, torch MLP estimator."""

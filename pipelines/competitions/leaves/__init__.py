@@ -1,0 +1,1 @@
+"""Classify Leaves (images): pipeline, synthetic leaf set, tuning objective."""
