@@ -2,8 +2,8 @@
 
 Images are decoded once, resized so the shorter side is the training size, and kept in memory as
 uint8 tensors: on a 2-core CPU decoding JPEGs every epoch would cost as much as the network. The
-sampler hands every sample a seed derived from (run seed, epoch, index); the dataset seeds torch with
-it before augmenting, so augmentation is the same whatever the worker count, with persistent workers,
+sampler hands every sample a seed derived from (run seed, epoch, index); the dataset augments on a fork
+of torch's RNG seeded with it, so augmentation is the same whatever the worker count, with persistent workers,
 and after a ``--resume`` -- which is what makes a killed and resumed run bit-identical on CPU.
 """
 
@@ -130,8 +130,9 @@ def tta_views(n: int) -> list[Callable[[torch.Tensor], torch.Tensor]]:
 class ImageDataset(Dataset):
     """In-memory images with integer labels (``-1`` when unlabelled) and one transform.
 
-    ``dataset[i]`` or ``dataset[(i, seed)]``: with a seed, torch is seeded before the transform so the
-    augmentation of sample ``i`` depends only on the seed (see :class:`SeededSampler`).
+    ``dataset[i]`` or ``dataset[(i, seed)]``: with a seed, the transform runs on a fork of torch's RNG
+    seeded with it, so the augmentation of sample ``i`` depends only on the seed (see :class:`SeededSampler`)
+    and the caller's RNG state is left as it was.
     """
 
     def __init__(self, images: Sequence[torch.Tensor], labels: Sequence[int] | None, transform: Callable):
@@ -143,9 +144,14 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
+        label = int(self.labels[index])
+        if seed is None:
+            return self.transform(self.images[index]), label
+        # torchvision's random transforms draw from torch's global RNG: seed a fork of it, so the caller's
+        # stream (dropout, mixup, the next epoch's order) is the same whether loading ran here or in a worker
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-        return self.transform(self.images[index]), int(self.labels[index])
+            return self.transform(self.images[index]), label
 
 
 class SeededSampler(Sampler):

@@ -71,6 +71,20 @@ def test_transforms_shapes_and_seeded_augmentation():
     assert [v(torch.ones(1, 3, 2, 2)).shape for v in tta_views(4)] == [(1, 3, 2, 2)] * 4
 
 
+def test_seeded_item_leaves_the_callers_rng_alone():
+    """Augmenting sample i with its seed must not reseed torch's global RNG: the caller's next draws
+    (dropout, mixup) are those it would have made without loading a batch."""
+    images = [torch.randint(0, 255, (3, 40, 48), dtype=torch.uint8) for _ in range(2)]
+    ds = ImageDataset(images, [0, 1], train_transform(32, MEAN, STD, auto_augment="rand"))
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    first = ds[(0, 123)][0]
+    assert torch.equal(torch.rand(5), expected)
+    torch.manual_seed(99)  # a different caller state gives the same augmentation
+    assert torch.equal(ds[(0, 123)][0], first)
+
+
 def test_bad_auto_augment_is_a_pipeline_error():
     with pytest.raises(PipelineError, match="auto-augment"):
         train_transform(32, MEAN, STD, auto_augment="bogus")

@@ -11,7 +11,8 @@ import pytest
 from pipelines.__main__ import main
 from pipelines.commands.blend import nested_cross_fitted_scores
 from pipelines.competitions.house_prices.pipeline import HousePricesConfig, run_pipeline
-from pipelines.core.blending import cross_fitted_scores
+from pipelines.core import blending
+from pipelines.core.blending import cross_fitted_scores, rmse
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +24,25 @@ def two_runs(tmp_path_factory):
     return out, [r["files"] for r in runs]
 
 
-def test_blend_is_no_worse_than_the_better_input(two_runs, capsys):
+def test_blend_fits_its_weights_on_every_row_and_reports_a_cross_fitted_cv(two_runs, capsys):
+    """What a blend guarantees: its weights, fitted on every row's OOF prediction, fit those rows at least as
+    well as each input alone and as equal weights. Its *cross-fitted* CV may still lose to the best input
+    (README shows one), so that is reported, not asserted."""
     out, files = two_runs
     assert main(["blend", str(files[0].record), str(files[1].submission), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     blend_csv = Path(printed.strip().splitlines()[-1].removeprefix("submission: "))
     record = json.loads(blend_csv.with_suffix(".json").read_text())
     inputs = {i["run"]: i for i in record["inputs"]}
-    best = min(i["cv_mean"] for i in inputs.values())
-    assert record["preset"] == "blend" and record["cv_mean"] <= best
+    assert record["preset"] == "blend" and np.isfinite(record["cv_mean"])
     assert abs(sum(record["blend_weights"].values()) - 1) < 1e-9 and min(record["blend_weights"].values()) >= 0
+    oof = pd.read_csv(blend_csv.with_name(blend_csv.stem + "_oof.csv"))
+    log_y = np.log(oof["SalePrice"])
+    logs = np.log(oof[[f"oof_{f.record.stem}" for f in files]].to_numpy())
+    in_sample = rmse(log_y, np.log(oof["prediction"]))
+    assert in_sample == pytest.approx(record["cv_all_rows"], abs=1e-9)
+    assert in_sample <= min(rmse(log_y, c) for c in logs.T) + 1e-9
+    assert in_sample <= rmse(log_y, logs.mean(1)) + 1e-9
     for f in files:  # rescored on the same rows the strong runs scored: log(price) vs their log1p(price)
         recorded = json.loads(f.record.read_text())
         assert inputs[f.record.stem]["cv_mean"] == pytest.approx(recorded["cv_mean"], abs=1e-5)
@@ -89,3 +99,28 @@ def test_nested_cross_fitting_matches_the_shared_one_for_single_model_runs():
     c = y + rng.normal(0, 0.4, 300)
     nested = nested_cross_fitted_scores([np.column_stack([a, c]), b[:, None]], y, folds, mask)
     assert len(nested) == 3 and max(nested) < 0.3
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_cross_fitted_weights_never_see_the_fold_they_score(monkeypatch, nested):
+    """Every weight fit behind a fold's score (the blend's, and the runs' inner weights) sees other folds only."""
+    rng = np.random.default_rng(1)
+    y = np.arange(90.0)  # one value per row: a fit's rows are known from the targets it was given
+    folds, mask = np.arange(90) % 3, np.ones(90, bool)
+    preds = y[:, None] + rng.normal(0, 1, (90, 3))
+    seen, original = [], blending.fit_simplex_weights
+
+    def spy(p, target, *args, **kwargs):
+        seen.append(set(target.tolist()))
+        return original(p, target, *args, **kwargs)
+
+    monkeypatch.setattr(blending, "fit_simplex_weights", spy)
+    if nested:
+        scores = nested_cross_fitted_scores([preds[:, :2], preds[:, 2:]], y, folds, mask)
+    else:
+        scores = cross_fitted_scores(preds, y, folds, mask=mask)
+    assert len(scores) == 3 and seen
+    per_fold = len(seen) // 3
+    for k in range(3):
+        for rows in seen[k * per_fold:(k + 1) * per_fold]:
+            assert rows == set(y[folds != k].tolist())

@@ -206,7 +206,8 @@ def test_synthetic_task_defeats_a_linear_model_on_pixels(tmp_path):
     assert acc < 0.6, f"a linear model on raw pixels scores {acc:.3f}"
 
 
-def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path, monkeypatch, capsys):
+def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path, monkeypatch, capsys,
+                                                                       no_network):
     """With credentials (found as `submit` finds them) and no local data, leaves downloads with the real
     client; offline, that is one line that leaks no secret, and no run is written."""
     import pipelines.competitions.leaves.pipeline as leaves
@@ -225,3 +226,4 @@ def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err
     assert secret not in captured.out + captured.err
     assert not (tmp_path / "subs").exists() and not (tmp_path / "runs").exists()
+    assert no_network, "the kaggle client never reached the (blocked) network"

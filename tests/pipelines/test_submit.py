@@ -8,7 +8,6 @@ that no secret reaches the output or the run record.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +57,12 @@ def no_credentials(tmp_path, monkeypatch):
     return home
 
 
-def _cli(args, env_home: Path, **env) -> subprocess.CompletedProcess:
-    """``python -m pipelines`` in a child with a clean HOME: the kaggle client is imported fresh there."""
+def _cli(python: list[str], args, env_home: Path, **env) -> subprocess.CompletedProcess:
+    """``python -m pipelines`` in a child with a clean HOME (the kaggle client is imported fresh there) and,
+    with the ``offline_python`` fixture as ``python``, no network: the same outcome wherever the suite runs."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     clean.update(HOME=str(env_home), XDG_CONFIG_HOME=str(env_home / ".config"), **env)
-    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=REPO, env=clean, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([*python, *args], cwd=REPO, env=clean, capture_output=True, text=True, timeout=120)
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -197,11 +196,11 @@ def test_kaggle_json_honours_kaggle_config_dir(no_credentials, tmp_path, monkeyp
     assert find_credentials().source == str(folder / "kaggle.json")
 
 
-def test_no_credentials_real_cli_path_is_our_one_line(tmp_path):
+def test_no_credentials_real_cli_path_is_our_one_line(tmp_path, offline_python):
     path = house_run(tmp_path, _valid())
     home = tmp_path / "home"
     home.mkdir()
-    out = _cli(["submit", str(path), "-m", "first try"], home)
+    out = _cli(offline_python, ["submit", str(path), "-m", "first try"], home)
     assert out.returncode == 2, out.stderr
     assert out.stderr == f"error: {SETUP_HELP}\n"
     assert "Traceback" not in out.stdout + out.stderr
@@ -212,11 +211,11 @@ def test_no_credentials_real_cli_path_is_our_one_line(tmp_path):
     {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": KEY},
     {"KAGGLE_API_TOKEN": "KGAT_" + KEY},
 ])
-def test_unreachable_kaggle_is_one_line_and_leaks_no_secret(tmp_path, env):
+def test_unreachable_kaggle_is_one_line_and_leaks_no_secret(tmp_path, env, offline_python):
     path = house_run(tmp_path, _valid())
     home = tmp_path / "home"
     home.mkdir()
-    out = _cli(["submit", str(path), "-m", "offline"], home, **env)
+    out = _cli(offline_python, ["submit", str(path), "-m", "offline"], home, **env)
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("error: cannot reach Kaggle") and out.stderr.count("\n") == 1
     assert "Traceback" not in out.stderr
