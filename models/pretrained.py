@@ -20,7 +20,6 @@ SHA-256, for the run record.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.io import atomic_write, file_digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NO_WEIGHTS_HINT = "pass --pretrained-file PATH (local weights) or --no-pretrained (train from scratch)"
@@ -69,11 +69,6 @@ def _lite(n: int) -> PackagedWeights:
 PACKAGED: dict[str, PackagedWeights] = {w.architecture: w for w in map(_lite, (0, 1, 2))}
 
 
-def has_pretrained(name: str) -> bool:
-    """Whether ``name`` has offline packaged weights (any timm name may still have hub weights)."""
-    return name in PACKAGED
-
-
 @dataclass(frozen=True)
 class WeightsOrigin:
     """Where a model's starting weights came from: ``kind`` is ``package``, ``hub``, ``url`` or ``file``."""
@@ -87,11 +82,6 @@ class WeightsOrigin:
         return {"kind": self.kind, "source": self.source, "path": str(self.path), "sha256": self.sha256}
 
 
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def resolve_weights(name: str, *, pretrained: bool = True, pretrained_file: str | Path | None = None
                     ) -> WeightsOrigin | None:
     """The file ``name`` starts from (downloading timm's through the HF cache if needed); ``None`` = scratch."""
@@ -99,7 +89,7 @@ def resolve_weights(name: str, *, pretrained: bool = True, pretrained_file: str 
         path = Path(pretrained_file)
         if not path.is_file():
             raise PipelineError(f"--pretrained-file not found: {path}")
-        return WeightsOrigin("file", str(pretrained_file), path, sha256_file(path))
+        return WeightsOrigin("file", str(pretrained_file), path, file_digest(path))
     if not pretrained:
         return None
     if name in PACKAGED:
@@ -107,7 +97,7 @@ def resolve_weights(name: str, *, pretrained: bool = True, pretrained_file: str 
         path = packaged.path()
         if not path.is_file():
             raise PipelineError(f"pretrained weights file of {packaged.distribution} not found: {path}")
-        return WeightsOrigin("package", f"{packaged.distribution}/{path.name}", path, sha256_file(path))
+        return WeightsOrigin("package", f"{packaged.distribution}/{path.name}", path, file_digest(path))
     from models._registry import get_model_cfg
 
     if get_model_cfg(name):  # one of our own models/ (d2l classics, tabular): nobody publishes weights
@@ -135,7 +125,7 @@ def _timm_weights(name: str) -> WeightsOrigin:
         except Exception as err:  # noqa: BLE001 - no network, HTTP error: one line either way
             raise PipelineError(f"cannot fetch {name} weights from {cfg.url} ({type(err).__name__}); "
                                 f"{NO_WEIGHTS_HINT}") from err
-        return WeightsOrigin("url", cfg.url, path, sha256_file(path))
+        return WeightsOrigin("url", cfg.url, path, file_digest(path))
     raise PipelineError(f"timm has no pretrained weights for {name}; {NO_WEIGHTS_HINT}")
 
 
@@ -154,7 +144,7 @@ def _hub_file(name: str, hub_id: str, filename: str | None) -> WeightsOrigin:
     key = (hub_id, tuple(candidates), constants.HF_HUB_CACHE, constants.is_offline_mode())
     if key in _HUB_FILES and _HUB_FILES[key].is_file():
         path = _HUB_FILES[key]
-        return WeightsOrigin("hub", f"{hub_id}/{path.name}", path, sha256_file(path))
+        return WeightsOrigin("hub", f"{hub_id}/{path.name}", path, file_digest(path))
     unreachable = False
     for candidate in candidates:
         try:
@@ -168,7 +158,7 @@ def _hub_file(name: str, hub_id: str, filename: str | None) -> WeightsOrigin:
             raise PipelineError(f"cannot fetch {name} weights from the Hugging Face hub ({hub_id}): "
                                 f"{type(err).__name__}; {NO_WEIGHTS_HINT}") from err
         _HUB_FILES[key] = path
-        return WeightsOrigin("hub", f"{hub_id}/{candidate}", path, sha256_file(path))
+        return WeightsOrigin("hub", f"{hub_id}/{candidate}", path, file_digest(path))
     if unreachable:
         why = ("HF_HUB_OFFLINE is set" if constants.is_offline_mode()
                else "the hub cannot be reached (HF_HUB_OFFLINE=1 skips trying)")
@@ -217,10 +207,8 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     original = torch.load(origin.path, map_location="cpu", weights_only=True)
     template = timm.create_model(name, pretrained=False, num_classes=packaged.num_classes).state_dict()
     converted = convert_in_order(original, template)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    torch.save(converted, tmp)
-    os.replace(tmp, cached)  # atomic: parallel runs (DDP ranks) never read a half-written file
+    with atomic_write(cached, "wb") as fh:  # parallel runs (DDP ranks) never read a half-written file
+        torch.save(converted, fh)
     return converted
 
 

@@ -100,12 +100,10 @@ def log_handler(command: str) -> LazyFileHandler:
     return handler
 
 
-def unexpected(err: BaseException, handler: LazyFileHandler, debug: bool) -> str:
+def unexpected(err: BaseException, handler: LazyFileHandler) -> str:
     """Log ``err`` with its traceback; return the one line the user sees."""
     logging.getLogger("pipelines").error("unexpected error", exc_info=err)
     handler.flush()
-    if debug:
-        print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
     first = (str(err).strip().splitlines() or [""])[0]
     first = first if len(first) <= 300 else first[:297] + "..."
     where = (f"full traceback in {handler.baseFilename}" if os.path.isfile(handler.baseFilename)
@@ -128,16 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)  # imports the command: a broken install fails here, in one line
         return int(args._module.run(args) or 0)
-    except PipelineError as err:
-        if debug:
-            print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the one place where any failure becomes one line
-        print(f"error: {unexpected(err, handler, debug)}", file=sys.stderr)
+        if debug:  # the masked traceback inline, for a known failure (PipelineError) or any other
+            print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
+        if isinstance(err, PipelineError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"error: {unexpected(err, handler)}", file=sys.stderr)
         return 1
     finally:
         logging.getLogger().removeHandler(handler)

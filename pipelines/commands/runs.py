@@ -11,13 +11,12 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.io import atomic_write
 
 SUFFIXES = (".json", ".csv", "_oof.csv", "_test_probs.csv")
 COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path")
@@ -208,19 +207,12 @@ def check_csv_target(path: Path) -> None:
 
 
 def write_csv(rows: list[dict], path: Path | None) -> None:
-    """The rows as CSV to ``path`` (``None``: stdout), replaced atomically (temp file + ``os.replace``)."""
+    """The rows as CSV to ``path`` (``None``: stdout), replaced atomically (``atomic_write``)."""
     if path is None:
         _write_rows(rows, sys.stdout)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            _write_rows(rows, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, newline="") as fh:
+        _write_rows(rows, fh)
 
 
 def _write_rows(rows: list[dict], fh) -> None:

@@ -7,18 +7,15 @@ columns and their order, ids equal to the test set's, no NaN/inf, positive price
 
 Recording: the run record (``<stem>.json``) gains a ``submissions`` list, one entry per send (UTC time,
 message, SHA-256 of the file, Kaggle slug, Kaggle's reference, the credential *method*). The record is
-rewritten atomically (temp file + ``os.replace``) and only ever gains fields: every existing key keeps
+rewritten atomically (``atomic_write``) and only ever gains fields: every existing key keeps
 its value, which is checked before the replace. Secrets are never part of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,16 +23,9 @@ import pandas as pd
 
 from pipelines.commands.runs import Run, read_run
 from pipelines.core.errors import PipelineError
+from pipelines.core.io import atomic_write, file_digest
 from pipelines.core.records import dumps, utc_now
 from submissions.writer import SubmissionSpec, validate_submission
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_submission(path: Path) -> pd.DataFrame:
@@ -107,14 +97,8 @@ def _replace(path: Path, before: dict, after: dict) -> None:
     new = after.get("submissions", [])
     if any({k: n.get(k) for k in o} != o for o, n in zip(old, new, strict=False)) or len(new) < len(old):
         raise PipelineError(f"{path}: refusing to change a recorded submission")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dumps(after))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(dumps(after))
 
 
 def fetch_scores(record_path: Path, slug: str, creds, wait: float) -> dict[int, float]:
@@ -169,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     message = args.message or (f"{path.stem} (CV {run_.cv_mean:.5f})" if run_ else path.stem)
-    digest = sha256(path)
+    digest = file_digest(path)
     print(f"sending {path.name} to {slug} with {creds.describe()} ...", flush=True)
     response = kaggle_client.submit(path, message, slug, creds)
     entry = {"time_utc": utc_now().isoformat(timespec="seconds"), "message": message, "file": path.name,

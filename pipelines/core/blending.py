@@ -11,10 +11,16 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import minimize
+from sklearn.metrics import root_mean_squared_error
 
 
 def rmse(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(y, float) - np.asarray(p, float)) ** 2)))
+    """scikit-learn's RMSE; NaN (not an exception) where a diverged model predicted a non-finite value, so
+    the run is refused by name where its scores are checked."""
+    p = np.asarray(p, float)
+    if not np.isfinite(p).all():
+        return float("nan")
+    return float(root_mean_squared_error(np.asarray(y, float), p))
 
 
 def log_loss(y: np.ndarray, probs: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """Early stopping and checkpoints: the state a killed training run needs to continue exactly.
 
-A checkpoint is written atomically (temporary file, then ``os.replace``) so a run killed mid-write
+A checkpoint is written atomically (``pipelines.io.atomic_write``) so a run killed mid-write
 keeps its previous checkpoint. It holds the trainer's state (model, optimizer, scheduler, scaler, EMA,
 epoch), the early-stopping state and every RNG state, so on CPU a resumed run is bit-identical to an
 uninterrupted one.
@@ -9,7 +9,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.io import atomic_write
 
 
 class EarlyStopping:
@@ -78,12 +78,9 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write ``state`` with ``torch.save`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

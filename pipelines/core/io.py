@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterable
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -23,8 +27,36 @@ from pipelines.core.errors import PipelineError
 MAX_ABS = 1e12
 
 
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in chunks by ``hashlib.file_digest``."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
 def md5(path: Path) -> str:
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+    return file_digest(path, "md5")
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Write ``path`` all at once: the caller writes a temporary file beside it, which then replaces ``path``
+    in one ``os.replace``; on any failure (Ctrl-C too) the temporary file is removed and ``path`` is untouched.
+
+    Readers never see half a file and a killed writer leaves its previous version (records, checkpoints,
+    caches that parallel DDP ranks may write at once: each writer has its own temporary name).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_csv(path: Path, required: Iterable[str] = (), dtype=None) -> pd.DataFrame:

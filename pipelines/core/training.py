@@ -11,7 +11,6 @@ Used by the d2l house-prices preset, the leaves pipeline, the ``models/`` baseli
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import defaultdict
@@ -24,7 +23,7 @@ from torch import nn
 
 from pipelines.core.checkpoint import rng_state, set_rng_state
 
-EVENTS = ("on_batch_end", "on_epoch_end")
+EVENTS = ("on_epoch_end",)
 
 
 def local_gpu(count: int | None = None) -> int:
@@ -147,15 +146,22 @@ def _fp32_class(cls: type) -> type:
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
-    """Per-step LR schedule: linear warmup to the base LR, then cosine down to ``min_factor`` of it."""
+    """Per-step LR schedule, timm's ``CosineLRScheduler``: linear warmup from ``1/warmup_steps`` of the base LR
+    (step 0) to the base LR (step ``warmup_steps``), then cosine down to ``min_factor`` of it at ``total_steps``,
+    held there after. The trainer calls its ``step_update`` after every optimizer step.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+    The groups share one base ``lr``; a group that trains faster (a new classifier) sets timm's ``lr_scale``.
+    """
+    from timm.scheduler import CosineLRScheduler
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    base = {group["lr"] for group in optimizer.param_groups}
+    if len(base) != 1:
+        raise ValueError(f"parameter groups have different base LRs {sorted(base)}: give each the same 'lr' "
+                         "and scale a group with 'lr_scale'")
+    lr = base.pop()
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_factor * lr,
+                             warmup_t=warmup_steps, warmup_lr_init=lr / max(1, warmup_steps), warmup_prefix=True,
+                             t_in_epochs=False)
 
 
 class Trainer:
@@ -164,6 +170,7 @@ class Trainer:
     ``amp`` chooses autocast (:func:`autocast_dtype`: CUDA by default, a bf16-capable CPU when ``True``);
     ``channels_last`` stores 4-D inputs and weights NHWC (faster convolutions on CUDA and oneDNN CPUs).
     ``compile`` wraps the model in ``torch.compile`` (inductor: C++ kernels on CPU, Triton on CUDA).
+    ``scheduler`` is a timm scheduler (:func:`warmup_cosine`), stepped per optimizer step (``step_update``);
     ``batch_hook(x, y) -> (x, y)`` transforms each training batch on the device (mixup/cutmix);
     ``ema`` (timm ``ModelEmaV3``) is updated after every step and used by ``evaluate``/``predict``.
     """
@@ -255,9 +262,9 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.scheduler is not None:
-                self.scheduler.step()
             self.step += 1
+            if self.scheduler is not None:
+                self.scheduler.step_update(self.step)
             if self.ema is not None:
                 self.ema.update(self.module, step=self.step)
             total += loss.item() * len(x)
@@ -269,7 +276,6 @@ class Trainer:
                 acc = f"{correct / count:.3f}" if correct is not None else "-"
                 bar.set_postfix(loss=f"{total / count:.3f}", acc=acc, img_s=f"{count / max(seconds, 1e-9):.0f}",
                                 refresh=False)
-            self._trigger("on_batch_end", loss=loss.item())
         seconds = time.perf_counter() - start
         stats = {"loss": total / max(count, 1), "samples": count, "seconds": seconds,
                  "samples_per_s": count / max(seconds, 1e-9)}

@@ -4,6 +4,7 @@ the device NCCL collectives need, fp32 depthwise convs under CPU bf16, and torch
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -112,3 +113,33 @@ def test_compile_on_cpu_matches_eager():
         return trainer.module[0].weight.detach().clone()
 
     torch.testing.assert_close(run(True), run(False), rtol=1e-4, atol=1e-5)
+
+
+def test_warmup_cosine_schedule_seen_by_the_optimizer():
+    """The LR each optimizer step uses: linear warmup from base/W to base over W steps, cosine to min_factor
+    x base at the last step, held after; a group with timm's ``lr_scale`` follows the same curve, scaled."""
+    base, warmup, total, floor = 0.1, 4, 14, 0.01
+    net = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD([{"params": [net.weight], "lr": base},
+                                 {"params": [net.bias], "lr": base, "lr_scale": 10.0}])
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, *_: seen.append([g["lr"] for g in opt.param_groups]))
+    trainer = Trainer(net, optimizer, nn.MSELoss(), scheduler=training.warmup_cosine(optimizer, warmup, total, floor),
+                      device="cpu")
+    trainer.fit([(torch.randn(2, 3), torch.randn(2, 1))] * 6, 3)  # 18 steps: 4 past the end of the cosine
+
+    def expected(k: int) -> float:
+        if k < warmup:
+            return base / warmup + k * (base - base / warmup) / warmup
+        progress = min(1.0, (k - warmup) / (total - warmup))
+        return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    assert len(seen) == 18
+    assert [lr for lr, _ in seen] == pytest.approx([expected(k) for k in range(18)], rel=1e-12)
+    assert [head for _, head in seen] == pytest.approx([10 * expected(k) for k in range(18)], rel=1e-12)
+    assert seen[0][0] == pytest.approx(base / warmup) and seen[warmup][0] == pytest.approx(base)
+    assert seen[total][0] == pytest.approx(floor * base) and seen[-1][0] == pytest.approx(floor * base)
+    with pytest.raises(ValueError, match="lr_scale"):
+        training.warmup_cosine(torch.optim.SGD([{"params": [net.weight], "lr": 0.1},
+                                                {"params": [net.bias], "lr": 1.0}]), 1, 5)
+
