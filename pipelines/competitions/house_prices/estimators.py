@@ -105,8 +105,9 @@ class HuberLasso(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         y = np.asarray(y, dtype=float)
         weights = np.ones(len(y))
+        # each round starts from the last round's coefficients (warm start): a few sweeps instead of a fit
+        lasso = Lasso(alpha=self.alpha, max_iter=self.max_iter, random_state=self.random_state, warm_start=True)
         for round_ in range(self.rounds + 1):
-            lasso = Lasso(alpha=self.alpha, max_iter=self.max_iter, random_state=self.random_state)
             lasso.fit(X, y, sample_weight=weights)
             if round_ == self.rounds:
                 break
