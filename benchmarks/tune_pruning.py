@@ -30,7 +30,7 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipelines.commands.tune import HousePricesObjective  # noqa: E402
+from pipelines.competitions.house_prices.objective import HousePricesObjective  # noqa: E402
 from pipelines.core import tuning  # noqa: E402
 
 

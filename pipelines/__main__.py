@@ -26,17 +26,20 @@ from pathlib import Path
 
 from pipelines.core.errors import PipelineError, mask_secrets
 
-# name -> (module, one-line help). Add a pipeline or verb here and nowhere else.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "house-prices": ("pipelines.competitions.house_prices.pipeline",
-                     "House Prices: K-fold CV, then a validated submission"),
-    "leaves": ("pipelines.competitions.leaves.pipeline",
-               "Classify Leaves: fine-tune a backbone with K-fold CV and TTA"),
+# verb -> (module, one-line help). Add a verb here; a competition's command comes from its registry entry.
+VERBS: dict[str, tuple[str, str]] = {
     "tune": ("pipelines.commands.tune", "Optuna study over a pipeline's search space"),
     "submit": ("pipelines.commands.submit", "validate a submission and send it with the kaggle client"),
     "runs": ("pipelines.commands.runs", "leaderboard of the runs on disk"),
     "blend": ("pipelines.commands.blend", "blend runs on their out-of-fold predictions"),
 }
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """Every command: one per registered competition (its pipeline), then the generic verbs."""
+    from pipelines.competitions import list_competitions
+
+    return {**{c.command: (c.module, c.help) for c in list_competitions()}, **VERBS}
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -53,7 +56,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     parent = common_parser()
     wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in commands().items():
         p = sub.add_parser(name, help=help_text, parents=[parent])
         if name == wanted:  # import only the module that will run
             module = importlib.import_module(module_name)

@@ -1,14 +1,15 @@
 """``python -m pipelines blend RUN_A RUN_B ...``: blend finished runs on their out-of-fold predictions.
 
-Weights are non-negative and sum to one (``pipelines.core.blending.fit_simplex_weights``), fitted in the
-metric's space: for house prices on log predictions against log price, so the blend is a weighted
-geometric mean of the runs' prices. The blend's CV is cross-fitted: the weights scored
+How runs blend is the competition's ``BlendSpec`` (registry). ``kind="regression"``: weights are
+non-negative and sum to one (``pipelines.core.blending.fit_simplex_weights``), fitted in the metric's space:
+for house prices on log predictions against log price, so the blend is a weighted geometric mean of the
+runs' prices. The blend's CV is cross-fitted: the weights scored
 on fold k never saw fold k, and neither did the model weights inside a run that itself blended several
 models (those are refitted from its per-model OOF columns, ``nested_cross_fitted_scores``). Every input
 is rescored the same way on every training row, so the numbers side by side are comparable even with
 older runs whose records left the two outliers out of scoring (their OOF files' ``scored`` column).
 
-Leaves runs are blended on their class probabilities: the weights minimise the out-of-fold log-loss
+``kind="probabilities"`` (leaves) blends on their class probabilities: the weights minimise the out-of-fold log-loss
 (smooth, unlike accuracy), the blended test probabilities' argmax is the submission, and the cross-fitted
 CV is reported as accuracy (the competition's metric) and log-loss, for every input and for the blend.
 
@@ -26,8 +27,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines.commands.runs import Run, find_run, models_label
+from pipelines.competitions import get_competition
 from pipelines.core import blending
+from pipelines.core.competition import BlendSpec
 from pipelines.core.errors import PipelineError
+from pipelines.core.records import data_dir_of
 
 
 def _read(path, what: str, **kwargs) -> pd.DataFrame:
@@ -46,9 +50,9 @@ def check_compatible(runs: list[Run]) -> None:
     competitions = {r.competition for r in runs}
     if len(competitions) > 1:
         raise PipelineError(f"runs from different competitions: {', '.join(sorted(competitions))}")
-    if runs[0].competition not in BLENDERS:
-        raise PipelineError(f"blend supports {', '.join(BLENDERS)} only: {runs[0].competition} runs "
-                            "do not save what a blended submission needs")
+    if not get_competition(runs[0].competition).blendable:
+        raise PipelineError(f"{runs[0].competition} runs cannot be blended: they do not save what a blended "
+                            "submission needs")
     check_same_test_set(runs)
     first = runs[0].fold_ids
     for r in runs[1:]:
@@ -63,7 +67,6 @@ def check_compatible(runs: list[Run]) -> None:
 def test_set(run: Run) -> tuple[Path, str | None]:
     """The folder a run read its test set from, and the MD5 of that ``test.csv`` now (``None``: gone)."""
     from pipelines.core.io import md5
-    from submissions.competitions import data_dir_of, get_competition
 
     folder = data_dir_of(run.record)
     root = Path(folder) if folder else get_competition(run.competition).default_data
@@ -83,19 +86,20 @@ def check_same_test_set(runs: list[Run]) -> None:
                                 f"{r.stem} on {root}/test.csv" + ("" if digest else " (missing now)"))
 
 
-def log_columns(oof: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    return np.column_stack([np.log(np.clip(oof[c].to_numpy(float), 1, None)) for c in columns])
+def space_columns(frame: pd.DataFrame, columns: list[str], spec: BlendSpec) -> np.ndarray:
+    """The columns mapped into the metric's space (house prices: log price)."""
+    return np.column_stack([spec.to_space(frame[c].to_numpy(float)) for c in columns])
 
 
-def base_columns(oof: pd.DataFrame) -> np.ndarray:
-    """A run's honest out-of-fold building blocks, in log space.
+def base_columns(oof: pd.DataFrame, spec: BlendSpec) -> np.ndarray:
+    """A run's honest out-of-fold building blocks, in the metric's space.
 
     A run that blended several models wrote ``prediction`` with weights fitted on *every* row, so scoring
     that column is slightly optimistic; its per-model ``oof_*`` columns are truly out-of-fold. A
     single-model run's ``prediction`` is its one column.
     """
     columns = [c for c in oof.columns if c.startswith("oof_")]
-    return log_columns(oof, columns if len(columns) > 1 else ["prediction"])
+    return space_columns(oof, columns if len(columns) > 1 else ["prediction"], spec)
 
 
 def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
@@ -115,9 +119,10 @@ def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np
     return scores
 
 
-def blend_house_prices(runs: list[Run]) -> dict:
-    """Fit, score and build everything a blended house-prices run writes. Nothing is written here."""
-    from pipelines.competitions.house_prices.pipeline import ID, TARGET, log_rmse
+def blend_regression(runs: list[Run], spec: BlendSpec) -> dict:
+    """Fit, score and build everything a blended regression run writes, in ``spec``'s space (house prices:
+    log price). Nothing is written here."""
+    ID, TARGET = spec.id_column, spec.target  # noqa: N806 - the competition's column names
 
     oofs = [_read(r.oof, f"{r.stem}: out-of-fold file") for r in runs]
     subs = [_read(r.submission, f"{r.stem}: submission") for r in runs]
@@ -132,10 +137,10 @@ def blend_house_prices(runs: list[Run]) -> dict:
         raise PipelineError(f"{runs[0].stem}: the OOF file's folds differ from its record's")
     price = base[TARGET].to_numpy(float)
     scored = np.ones(len(base), bool)  # every row, whatever an older run's ``scored`` column says
-    log_y = np.log(price)
-    log_oof = np.column_stack([log_columns(o, ["prediction"]) for o in oofs])  # what the test side matches
-    log_test = np.column_stack([log_columns(s, [TARGET]) for s in subs])
-    bases = [base_columns(o) for o in oofs]
+    log_y = spec.to_space(price)  # "log_": in the metric's space, log price for house prices
+    log_oof = np.column_stack([space_columns(o, ["prediction"], spec) for o in oofs])  # what the test side matches
+    log_test = np.column_stack([space_columns(s, [TARGET], spec) for s in subs])
+    bases = [base_columns(o, spec) for o in oofs]
 
     def fold_scores(pred: np.ndarray) -> list[float]:
         return [blending.rmse(log_y[(folds == k) & scored], pred[(folds == k) & scored]) for k in np.unique(folds)]
@@ -149,7 +154,7 @@ def blend_house_prices(runs: list[Run]) -> dict:
                        "fold_scores": scores})
     weights = blending.fit_simplex_weights(log_oof[scored], log_y[scored])
     blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored)
-    blend_oof = np.exp(blending.blend(log_oof, weights))
+    blend_oof = spec.from_space(blending.blend(log_oof, weights))
     for info, w in zip(inputs, weights, strict=True):
         info["weight"] = float(w)
     return {
@@ -158,11 +163,12 @@ def blend_house_prices(runs: list[Run]) -> dict:
         "fold_scores": blend_scores,
         "cv_mean": float(np.mean(blend_scores)),
         "cv_std": float(np.std(blend_scores)),
-        "cv_all_rows": log_rmse(price, blend_oof),
+        "cv_all_rows": blending.rmse(log_y, spec.to_space(blend_oof)),
         "scored_rows": int(scored.sum()),
-        "submission": pd.DataFrame({ID: subs[0][ID].to_numpy(), TARGET: np.exp(blending.blend(log_test, weights))}),
+        "submission": pd.DataFrame({ID: subs[0][ID].to_numpy(),
+                                    TARGET: spec.from_space(blending.blend(log_test, weights))}),
         "oof": pd.DataFrame({ID: base[ID], "fold": folds, TARGET: price, "prediction": blend_oof, "scored": scored,
-                             **{f"oof_{r.stem}": np.exp(log_oof[:, i]) for i, r in enumerate(runs)}}),
+                             **{f"oof_{r.stem}": spec.from_space(log_oof[:, i]) for i, r in enumerate(runs)}}),
     }
 
 
@@ -241,15 +247,13 @@ def blend_leaves(runs: list[Run]) -> dict:
 
 
 def leaves_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    from pipelines.competitions.leaves.pipeline import accuracy
-
-    return accuracy(y, probs)
+    """Accuracy of the probabilities' argmax (the classification competitions' metric)."""
+    return float(np.mean(np.asarray(probs).argmax(1) == np.asarray(y)))
 
 
 def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
     """Write a leaves blend as a run of its own (preset ``blend``): submission, record, cross-fitted OOF
     probabilities and the blended test probabilities (so the blend is itself a leaves run)."""
-    from submissions.competitions import spec_for
     from submissions.writer import write_run
 
     first = runs[0].record
@@ -272,22 +276,23 @@ def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seco
         "trained_folds": sorted(set(first["folds"])),
         "timings": {"total_seconds": seconds},
     }
-    return write_run(out["submission"], spec_for(first), out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
+    spec = get_competition(runs[0].competition).build_spec(data_dir_of(first))
+    return write_run(out["submission"], spec, out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
                      record=record, oof=out["oof"], tables={"test_probs": out["test_probs"]})
 
 
 def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
     """Write the blend as a run of its own through the shared writer (preset ``blend``)."""
-    from submissions.competitions import data_dir_of, kaggle_slug, spec_for
     from submissions.writer import write_run
 
     first = runs[0].record
+    competition = get_competition(runs[0].competition)
     record = {
-        "kaggle_competition": kaggle_slug(first),
+        "kaggle_competition": first.get("kaggle_competition") or competition.kaggle_slug,
         "config": {"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": data_dir_of(first),
-                   "space": "log price", "seed": seed},
+                   "space": competition.blend.space, "seed": seed},
         "seed": seed,
-        "metric": first.get("metric", "log_rmse"),
+        "metric": first.get("metric", competition.metric),
         "cv_mean": out["cv_mean"],
         "cv_std": out["cv_std"],
         "fold_scores": out["fold_scores"],
@@ -300,7 +305,7 @@ def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: fl
         "folds": first["folds"],
         "timings": {"total_seconds": seconds},
     }
-    spec = spec_for(first)
+    spec = competition.build_spec(data_dir_of(first))
     return write_run(out["submission"], spec, out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
                      record=record, oof=out["oof"])
 
@@ -318,13 +323,14 @@ def run(args: argparse.Namespace) -> int:
     runs = [find_run(ref, args.out_dir) for ref in args.runs]
     check_compatible(runs)
     check_writable_dir(Path(args.out_dir) / runs[0].competition)  # before the blending work, not after
-    return BLENDERS[runs[0].competition](runs, args, start)
+    return BLENDERS[get_competition(runs[0].competition).blend.kind](runs, args, start)
 
 
-def run_house_prices(runs: list[Run], args: argparse.Namespace, start: float) -> int:
-    """Blend house-prices runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
-    out = blend_house_prices(runs)
-    metric = runs[0].record.get("metric", "log_rmse")
+def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> int:
+    """Blend regression runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
+    competition = get_competition(runs[0].competition)
+    out = blend_regression(runs, competition.blend)
+    metric = runs[0].record.get("metric", competition.metric)
     width = max(len(r.stem) for r in runs)
     print(f"{'run':<{width}}  weight  CV {metric} on the same {out['scored_rows']} rows (recorded)")
     for info in out["inputs"]:
@@ -363,5 +369,5 @@ def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
     return 0
 
 
-# competition -> its blend command (the record's ``competition`` picks it)
-BLENDERS = {"house-prices": run_house_prices, "classify-leaves": run_leaves}
+# a competition's ``BlendSpec.kind`` -> how its runs are blended
+BLENDERS = {"regression": run_regression, "probabilities": run_leaves}

@@ -230,11 +230,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from submissions.competitions import ALIASES, get_competition
+    from pipelines.competitions import get_competition
 
     out_dir = Path(args.out_dir)
     if args.competition:
-        names = [ALIASES.get(args.competition, args.competition)]
+        try:
+            names = [get_competition(args.competition).name]
+        except PipelineError:  # a folder of runs from a competition this checkout does not know
+            names = [args.competition]
     else:
         names = sorted({r.competition for r in load_runs(out_dir)})
     if not names:

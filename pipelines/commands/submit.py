@@ -1,7 +1,7 @@
 """``python -m pipelines submit FILE -m MESSAGE``: validate a submission, send it with the kaggle client,
 and record it in the run record.
 
-Validation comes first and is rebuilt from the competition's own files (``submissions.competitions``):
+Validation comes first and is rebuilt from the competition's own files (the registry's ``Competition.build_spec``):
 columns and their order, ids equal to the test set's, no NaN/inf, positive prices, known labels.
 ``--dry-run`` stops there and never imports the kaggle client.
 
@@ -48,7 +48,8 @@ def run_of(path: Path) -> Run | None:
 
 def resolve(path: Path, competition: str | None, data_dir: str | None) -> tuple[Run | None, SubmissionSpec, str]:
     """The run (if any), the spec to validate against, and the Kaggle slug to send to."""
-    from submissions.competitions import get_competition, kaggle_slug, spec_for
+    from pipelines.competitions import get_competition, list_competitions
+    from pipelines.core.records import data_dir_of
 
     if not path.is_file():
         raise PipelineError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
@@ -56,12 +57,14 @@ def resolve(path: Path, competition: str | None, data_dir: str | None) -> tuple[
     if run is None:
         if not competition:
             raise PipelineError(f"{path} has no run record beside it ({path.with_suffix('.json').name}): "
-                                "pass --competition (house-prices or classify-leaves)")
+                                f"pass --competition ({' or '.join(c.name for c in list_competitions())})")
         comp = get_competition(competition)
         return None, comp.build_spec(data_dir), comp.kaggle_slug
     if competition and get_competition(competition).name != run.competition:
         raise PipelineError(f"{path} is a {run.competition} run, not {competition}")
-    return run, spec_for(run.record, data_dir), kaggle_slug(run.record)
+    comp = get_competition(run.competition)
+    slug = run.record.get("kaggle_competition") or comp.kaggle_slug  # the record's own slug first
+    return run, comp.build_spec(data_dir or data_dir_of(run.record)), slug
 
 
 def validate(path: Path, competition: str | None = None, data_dir: str | None = None) -> tuple[Run | None, str, int]:

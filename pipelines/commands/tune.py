@@ -1,7 +1,8 @@
-"""``python -m pipelines tune {house-prices,leaves}``: a pruned, resumable, parallel Optuna study.
+"""``python -m pipelines tune <competition>``: a pruned, resumable, parallel Optuna study.
 
-The objective is the pipeline's own shared CV score; the search spaces live next to the models they
-tune (``house_prices/estimators.SEARCH_SPACES``, ``leaves/objective.SEARCH_SPACE``). ``--trials N`` is the total
+The objective is the competition's own (``Competition.make_objective``: its pipeline's shared CV score over
+a search space that lives beside the models it tunes, e.g. ``house_prices/estimators.SEARCH_SPACES``,
+``leaves/objective.SEARCH_SPACE``). ``--trials N`` is the total
 number of finished trials wanted in the study, so re-running the same command resumes a killed session.
 ``--workers K`` starts K processes on the same study; workers on other machines join by running the
 same command with the same ``--storage postgresql://…`` and ``--study``. ``--best`` then trains the
@@ -16,145 +17,34 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import optuna
 
+from pipelines.competitions import get_competition, list_competitions
 from pipelines.core import tuning
 from pipelines.core.errors import PipelineError
 
-COMPETITIONS = ("house-prices", "leaves")
 STORAGE_ENV = "PIPELINES_TUNE_STORAGE"  # the storage URL without putting its password on a command line
-_FEATURE_CACHES: dict[tuple, dict] = {}
-
-
-# ---------------------------------------------------------------------------------------- objectives
-class HousePricesObjective:
-    """Tunes every selected strong model's parameters in one trial; the value is the stack's CV.
-
-    One trial covers all models because the score that matters (and that ``--best`` reproduces) is the
-    stack's cross-fitted CV on every training row, the preset's own headline. Pruning steps are (model,
-    fold) in a fixed order, so every trial reports the same model's running CV at the same step and the
-    pruner compares like with like.
-    """
-
-    direction = "minimize"
-
-    def __init__(self, args: argparse.Namespace):
-        from pipelines.competitions.house_prices.estimators import model_names
-        from pipelines.competitions.house_prices.pipeline import HousePricesConfig
-
-        models = model_names(args.models.split(",") if args.models else None)
-        self.base = HousePricesConfig(preset="strong", folds=args.folds or 5, seed=args.seed, data_dir=args.data_dir,
-                                      out_dir=args.out_dir, models=models, progress=False)
-        # per-fold preprocessing depends only on data and folds: shared by every trial (and study) in a process
-        self.feature_cache = _FEATURE_CACHES.setdefault((args.data_dir, self.base.folds, self.base.repeats,
-                                                         args.seed), {})
-
-    @property
-    def setup(self) -> dict:
-        """What makes two trials comparable: a study refuses to mix trials from different setups."""
-        from pipelines.competitions.house_prices.pipeline import outlier_policy
-
-        return {"competition": "house-prices", "folds": self.base.folds, "repeats": self.base.repeats,
-                "seed": self.base.seed, "models": self.base.models, "data_dir": self.base.data_dir,
-                "scored": "all rows", "outliers": outlier_policy(self.base)}
-
-    def config(self, trial: optuna.Trial | optuna.trial.FixedTrial):
-        from pipelines.competitions.house_prices.estimators import SEARCH_SPACES
-
-        return replace(self.base, params={name: SEARCH_SPACES[name](trial) for name in self.base.models})
-
-    def defaults(self) -> dict:
-        """The preset's own parameters in the search space's names: trial 0, so the study starts from them."""
-        from pipelines.competitions.house_prices.estimators import STRONG_MODELS
-
-        names = tuning_param_names(self.config)
-        return {n: STRONG_MODELS[n.split(".")[0]][1][n.split(".", 1)[1]] for n in names
-                if n.split(".", 1)[1] in STRONG_MODELS[n.split(".")[0]][1]}
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        from pipelines.competitions.house_prices.pipeline import run_pipeline
-
-        cfg = replace(self.config(trial), test_pred="average")  # the CV is the same; skip the refit
-        step = {name: i * cfg.folds * cfg.repeats for i, name in enumerate(cfg.models)}
-
-        def on_fold_end(name: str, fold: int, running_cv: float) -> None:
-            trial.report(running_cv, step[name] + fold)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"{name} fold {fold}: running CV {running_cv:.5f}")
-
-        out = run_pipeline(cfg, write=False, on_fold_end=on_fold_end, feature_cache=self.feature_cache)
-        trial.set_user_attr("models", {n: round(m["cv_mean"], 6) for n, m in out["models"].items()})
-        trial.set_user_attr("weights", {n: round(m["weight"], 4) for n, m in out["models"].items()})
-        return out["cv_mean"]
-
-    def train_best(self, params: dict, extra_record: dict) -> dict:
-        from pipelines.competitions.house_prices.pipeline import run_pipeline
-
-        cfg = replace(self.config(optuna.trial.FixedTrial(params)), progress=True, extra_record=extra_record)
-        out = run_pipeline(cfg)
-        return {"cv_mean": out["cv_mean"], "submission": out["files"].submission}
-
-
-def tuning_param_names(build) -> list[str]:
-    """The parameter names a config builder suggests, found by running it on a recording trial."""
-
-    class Recorder:
-        def __init__(self):
-            self.names: list[str] = []
-
-        def _record(self, name, low=None, *args, **kwargs):
-            self.names.append(name)
-            return low
-
-        suggest_float = suggest_int = _record
-
-        def suggest_categorical(self, name, choices):
-            self.names.append(name)
-            return choices[0]
-
-    recorder = Recorder()
-    build(recorder)
-    return recorder.names
 
 
 def make_objective(args: argparse.Namespace):
-    if args.competition == "house-prices":
-        return HousePricesObjective(args)
-    from pipelines.competitions.leaves.objective import LeavesObjective
-
-    return LeavesObjective(args)
+    """The competition's objective (``Competition.make_objective``), from the registry."""
+    competition = get_competition(args.competition)
+    if competition.make_objective is None:
+        raise PipelineError(f"{competition.name} has no tuning objective")
+    return competition.make_objective(args)
 
 
 # ------------------------------------------------------------------------------------------- studies
 def validate_inputs(args: argparse.Namespace, objective) -> None:
     """Everything a study's first trial would trip on, checked before any study or storage file exists:
     the data (read with the pipeline's own checks), the folds for its rows, the settings, the folders."""
-    from pipelines.core.cv import make_folds
     from submissions.writer import check_writable_dir
 
     if args.folds is not None and args.folds < 2:  # 0 must not silently mean the default
         raise PipelineError(f"--folds must be at least 2, got {args.folds}")
-    if args.competition == "house-prices":
-        from pipelines.competitions.house_prices.pipeline import load
-
-        train, _ = load(args.data_dir)
-        make_folds(len(train), args.folds or 5)  # refuses too few rows for the folds
-    else:
-        from pipelines.competitions.leaves.pipeline import check_config, read_table
-
-        if args.epochs is not None and args.epochs < 1:  # 0 must not silently mean the default
-            raise PipelineError(f"--epochs must be at least 1, got {args.epochs}")
-        check_config(objective.base)
-        if args.data_dir is not None:
-            root = Path(args.data_dir)
-            if not root.is_dir():
-                raise PipelineError(f"--data-dir not found: {root}")
-            train = read_table(root / "train.csv", ["image", "label"])
-            read_table(root / "test.csv", ["image"])
-            make_folds(len(train), objective.base.folds)
+    objective.check_inputs(args)
     check_writable_dir(args.runs_dir, "--runs-dir")
     if args.best:
         check_writable_dir(args.out_dir)
@@ -176,7 +66,8 @@ def open_study(args: argparse.Namespace, objective, url: str) -> optuna.Study:
     trial failed, so a study interrupted during trial 0 still starts from the preset."""
     storage = tuning.open_storage(url, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period)
     pruner = tuning.make_pruner(args.pruner)
-    setup = tuning.normalise_setup(objective.setup)
+    default_data = get_competition(args.competition).default_data
+    setup = tuning.normalise_setup(objective.setup, default_data)
     created = False
     try:
         try:
@@ -192,8 +83,8 @@ def open_study(args: argparse.Namespace, objective, url: str) -> optuna.Study:
     except Exception as err:  # noqa: BLE001 - the server went away between connect and use
         raise tuning.storage_error(url, err) from None
     saved = study.user_attrs.get("setup")
-    if saved is not None and tuning.normalise_setup(saved) != setup:
-        saved = tuning.normalise_setup(saved)
+    if saved is not None and tuning.normalise_setup(saved, default_data) != setup:
+        saved = tuning.normalise_setup(saved, default_data)
         diff = ", ".join(f"{k} {saved.get(k)!r} (now {v!r})" for k, v in setup.items() if saved.get(k) != v)
         raise PipelineError(f"study {args.study!r} was made with {diff}; use the same flags or a new --study")
     if study.direction.name.lower() != objective.direction:
@@ -264,7 +155,7 @@ def summary(study: optuna.Study, n_trials: int) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("competition", choices=COMPETITIONS)
+    a("competition", choices=[c.command for c in list_competitions() if c.make_objective is not None])
     a("--trials", type=int, default=20, help="finished trials wanted in the study in total (default 20)")
     a("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     a("--study", default=None, help="study name (default: the competition)")

@@ -63,3 +63,14 @@ def to_jsonable(obj):
 
 def dumps(record: dict) -> str:
     return json.dumps(record, indent=2, default=to_jsonable, allow_nan=False) + "\n"
+
+
+def data_dir_of(record: dict) -> str | None:
+    """The data folder a run read: leaves records it under ``data.dir``, house prices under ``config``."""
+    data = record.get("data")
+    if isinstance(data, dict) and data.get("dir"):
+        return str(data["dir"])
+    config = record.get("config")
+    if isinstance(config, dict) and config.get("data_dir"):
+        return str(config["data_dir"])
+    return None

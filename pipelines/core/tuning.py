@@ -14,6 +14,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -92,22 +93,70 @@ def default_storage_url(runs_dir: str | Path, study: str, create: bool = True) -
     return f"sqlite:///{path.resolve()}"
 
 
-def normalise_setup(setup: dict) -> dict:
+def normalise_setup(setup: dict, default_data: Path | None = None) -> dict:
     """A study's identity with its paths made comparable: ``data/x/``, ``./data/x`` and ``/abs/data/x`` are
-    one folder, and no ``--data-dir`` is the competition's default folder when that one holds the data."""
-    from submissions.competitions import COMPETITIONS, get_competition
-
+    one folder, and no ``--data-dir`` is the competition's ``default_data`` folder when that one holds the data."""
     out = dict(setup)
     for key, value in setup.items():
         if key == "data_dir" and value is None:
-            try:
-                comp = get_competition(str(setup.get("competition")))
-            except PipelineError:
-                continue
-            if comp.name in COMPETITIONS and (comp.default_data / "train.csv").is_file():
-                out[key] = str(comp.default_data.resolve())
+            if default_data is not None and (default_data / "train.csv").is_file():
+                out[key] = str(default_data.resolve())
         elif (key.endswith(("_dir", "_file", "_path"))) and isinstance(value, str) and value:
             out[key] = str(Path(value).expanduser().resolve())
+    return out
+
+
+def tuning_param_names(build: Callable) -> list[str]:
+    """The parameter names a config builder suggests, found by running it on a recording trial."""
+
+    class Recorder:
+        def __init__(self):
+            self.names: list[str] = []
+
+        def _record(self, name, low=None, *args, **kwargs):
+            self.names.append(name)
+            return low
+
+        suggest_float = suggest_int = _record
+
+        def suggest_categorical(self, name, choices):
+            self.names.append(name)
+            return choices[0]
+
+    recorder = Recorder()
+    build(recorder)
+    return recorder.names
+
+
+def parse_overrides(items: list[str] | None, cls) -> dict:
+    """``--set KEY=VALUE`` pairs converted to the config dataclass field's type (bool: true/false/1/0).
+
+    Lets a study fix any field of a pipeline's config for every trial without a flag per field."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    defaults = cls()
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.replace("-", "_")
+        if not sep or key not in fields:
+            raise PipelineError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1")
+            elif isinstance(current, int):
+                value = int(raw)
+            elif isinstance(current, float):
+                value = float(raw)
+            elif current is None and raw.lstrip("-").isdigit():
+                value = int(raw)
+            else:
+                value = None if raw.lower() == "none" else raw
+        except ValueError:
+            raise PipelineError(f"--set {item!r}: {raw!r} is not a valid {type(current).__name__}") from None
+        out[key] = value
     return out
 
 

@@ -47,12 +47,12 @@ def test_unexpected_error_is_one_line_naming_the_log_that_keeps_the_traceback(lo
 
 def test_a_failing_tune_trial_is_one_line_and_optunas_traceback_goes_to_the_log(tmp_path, log_dir, monkeypatch,
                                                                                  capfd):
-    from pipelines.commands import tune
+    from pipelines.competitions.house_prices import objective
 
     def broken(self, trial):
         raise ValueError("broken objective")
 
-    monkeypatch.setattr(tune.HousePricesObjective, "__call__", broken)
+    monkeypatch.setattr(objective.HousePricesObjective, "__call__", broken)
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert main(["tune", "house-prices", "--trials", "1", "--storage", url, "--models", "lasso", "--folds", "2",
                  "--no-plots", "--quiet"]) == 1
@@ -147,7 +147,7 @@ def test_blend_checks_out_dir_before_blending(two_test_sets, a_file, monkeypatch
 
     b = run_pipeline(HousePricesConfig(out_dir=str(root / "subs2"), folds=2, models=["lasso"], progress=False,
                                        seed=0))["files"]
-    monkeypatch.setattr(pipelines.commands.blend, "blend_house_prices", work_must_not_start)
+    monkeypatch.setattr(pipelines.commands.blend, "blend_regression", work_must_not_start)
     assert main(["blend", str(a.record), str(b.record), "--out-dir", str(a_file)]) == 2
     assert "is a file, not a folder" in one_line(capsys.readouterr().err)
 
@@ -239,21 +239,21 @@ def test_a_typo_in_data_dir_leaves_no_study_and_paths_are_normalised(house_copy,
 
 
 def test_after_ctrl_c_in_trial_0_resume_reruns_the_presets_defaults(tmp_path, monkeypatch, capsys):
-    from pipelines.commands import tune
+    from pipelines.competitions.house_prices import objective
 
-    real = tune.HousePricesObjective.__call__
+    real = objective.HousePricesObjective.__call__
 
     def interrupted(self, trial):
         raise KeyboardInterrupt
 
     url = f"sqlite:///{tmp_path / 's.db'}"
-    monkeypatch.setattr(tune.HousePricesObjective, "__call__", interrupted)
+    monkeypatch.setattr(objective.HousePricesObjective, "__call__", interrupted)
     assert main(_tune("--storage", url)) == 130
     study = optuna.load_study(study_name="house-prices", storage=url)
     (trial0,) = study.trials
     assert trial0.state == optuna.trial.TrialState.FAIL and trial0.user_attrs["preset_defaults"]
 
-    monkeypatch.setattr(tune.HousePricesObjective, "__call__", real)
+    monkeypatch.setattr(objective.HousePricesObjective, "__call__", real)
     assert main(_tune("--storage", url)) == 0
     assert "queued them again" in capsys.readouterr().out
     study = optuna.load_study(study_name="house-prices", storage=url)

@@ -1,1 +1,44 @@
-"""Classify Leaves (images): pipeline, synthetic leaf set, tuning objective."""
+"""Classify Leaves (Kaggle's classify-leaves): image classification on accuracy.
+
+``pipeline.py`` fine-tunes a backbone with K-fold CV and test-time augmentation; ``leafgen.py`` draws the
+synthetic leaf set used when no data is present; ``objective.py`` is what ``tune leaves`` runs. This file
+only registers the competition, and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.core.competition import BlendSpec, Competition
+from pipelines.core.records import REPO_ROOT
+
+
+def _spec(data_dir: str | None):
+    from pipelines.competitions.leaves.pipeline import read_table  # the pipeline's own checks of its CSVs
+    from submissions.writer import SubmissionSpec
+
+    folder = Path(data_dir) if data_dir else COMPETITION.default_data
+    train, test = read_table(folder / "train.csv", ["image", "label"]), read_table(folder / "test.csv", ["image"])
+    return SubmissionSpec(COMPETITION.name, ["image", "label"], ids=test["image"],
+                          labels=set(train["label"].dropna()), numeric=False)
+
+
+def _objective(args):
+    from pipelines.competitions.leaves.objective import LeavesObjective
+
+    return LeavesObjective(args)
+
+
+COMPETITION = Competition(
+    name="classify-leaves",
+    command="leaves",
+    help="Classify Leaves: fine-tune a backbone with K-fold CV and TTA",
+    module="pipelines.competitions.leaves.pipeline",
+    kaggle_slug="classify-leaves",
+    metric="accuracy",
+    greater_is_better=True,
+    default_data=REPO_ROOT / "data" / "classify-leaves",
+    build_spec=_spec,
+    make_objective=_objective,
+    blend=BlendSpec(id_column="image", target="label", kind="probabilities", space="class probabilities"),
+)

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.tuning import parse_overrides, tuning_param_names
 
 # name in the study -> (LeavesConfig field, suggest) ; ranges around the preset's fine-tuning defaults
 SEARCH_SPACE: Callable[[optuna.Trial], dict] = lambda t: {  # noqa: E731
@@ -27,36 +28,6 @@ SEARCH_SPACE: Callable[[optuna.Trial], dict] = lambda t: {  # noqa: E731
     "mix_prob": t.suggest_float("mix_prob", 0.0, 0.6),
     "crop_scale": t.suggest_float("crop_scale", 0.3, 0.9),
 }
-
-
-def parse_overrides(items: list[str] | None, cls) -> dict:
-    """``--set KEY=VALUE`` pairs converted to the dataclass field's type (bool accepts true/false/1/0)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    defaults = cls()
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        key = key.replace("-", "_")
-        if not sep or key not in fields:
-            raise PipelineError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
-        current = getattr(defaults, key)
-        try:
-            if isinstance(current, bool):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(raw)
-                value = raw.lower() in ("true", "1")
-            elif isinstance(current, int):
-                value = int(raw)
-            elif isinstance(current, float):
-                value = float(raw)
-            elif current is None and raw.lstrip("-").isdigit():
-                value = int(raw)
-            else:
-                value = None if raw.lower() == "none" else raw
-        except ValueError:
-            raise PipelineError(f"--set {item!r}: {raw!r} is not a valid {type(current).__name__}") from None
-        out[key] = value
-    return out
 
 
 class LeavesObjective:
@@ -79,12 +50,26 @@ class LeavesObjective:
                  if k not in ("out_dir", "runs_dir", "progress", "workers", "resume")}
         return {"competition": "leaves", **fixed}
 
+    def check_inputs(self, args: argparse.Namespace) -> None:
+        """The settings, and the data (read with the pipeline's own checks) when a folder is given."""
+        from pipelines.competitions.leaves.pipeline import check_config, read_table
+        from pipelines.core.cv import make_folds
+
+        if args.epochs is not None and args.epochs < 1:  # 0 must not silently mean the default
+            raise PipelineError(f"--epochs must be at least 1, got {args.epochs}")
+        check_config(self.base)
+        if args.data_dir is not None:
+            root = Path(args.data_dir)
+            if not root.is_dir():
+                raise PipelineError(f"--data-dir not found: {root}")
+            train = read_table(root / "train.csv", ["image", "label"])
+            read_table(root / "test.csv", ["image"])
+            make_folds(len(train), self.base.folds)
+
     def config(self, trial):
         return dataclasses.replace(self.base, **SEARCH_SPACE(trial))
 
     def defaults(self) -> dict:
-        from pipelines.commands.tune import tuning_param_names
-
         return {name: getattr(self.base, name) for name in tuning_param_names(self.config)}
 
     def __call__(self, trial: optuna.Trial) -> float:
