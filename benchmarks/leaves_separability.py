@@ -49,7 +49,7 @@ def cnn_accuracy(root: Path, out: Path, extra: list[str]) -> tuple[float, float]
                  "--no-progress", *extra]) == 0
     (sub_path,) = [p for p in set(out.glob("classify-leaves/*.csv")) - before if not p.name.endswith("_oof.csv")]
     sub, truth = pd.read_csv(sub_path), pd.read_csv(root / "test_labels.csv")
-    cv = json.loads(sub_path.with_suffix(".json").read_text())["cv"]
+    cv = json.loads(sub_path.with_suffix(".json").read_text())["cv_mean"]
     return cv, float(np.mean(sub["label"].to_numpy() == truth["label"].to_numpy()))
 
 

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         pred, record = run_pipeline(root, args.pipeline_args.split())
         results["pipeline defaults"] = {**scores(truth, pred), "seconds": time.perf_counter() - start,
-                                        "cv": record.get("cv"),
+                                        "cv": record.get("cv_mean"),
                                         "img_size": record["data"]["img_size"]}
         size = size or record["data"]["img_size"]
     if args.only != "pipeline":

@@ -28,14 +28,14 @@ import signal
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipelines.core.errors import PipelineError
-from pipelines.core.records import dumps, git_state, package_versions, utc_now
+from pipelines.core.records import RunRecord, dumps, git_state, package_versions, utc_now
 
 STAGING = ".staging"
 
@@ -233,9 +233,7 @@ def write_run(
     spec: SubmissionSpec,
     *,
     out_dir: str | Path,
-    preset: str,
-    cv_score: float,
-    record: dict,
+    record: RunRecord,
     oof: pd.DataFrame | None = None,
     figures: dict | None = None,
     tables: dict[str, pd.DataFrame] | None = None,
@@ -246,6 +244,9 @@ def write_run(
     ``figures`` maps a short name to a matplotlib figure, saved as PNG beside the record; ``tables`` maps a
     short name to a frame, saved as ``_<name>.csv`` and named in the record's ``files.tables``.
     """
+    if record.competition != spec.competition:
+        raise ValueError(f"a {record.competition} record with a {spec.competition} submission")
+    preset, cv_score = record.preset, record.cv_mean
     validate_submission(frame, spec)
     if not math.isfinite(cv_score):
         raise PipelineError(f"{spec.competition}: the CV score is {cv_score} (a fold had no scorable rows, or a "
@@ -259,28 +260,21 @@ def write_run(
         raise ValueError(f"table names must be identifiers other than 'oof': {sorted(tables)}")
     suffixes = {"submission": ".csv", **({"oof": "_oof.csv"} if oof is not None else {}),
                 **{f"figure:{name}": f"_{name}.png" for name in figures or {}}}
-    provenance = {"git": git_state(), "packages": package_versions()}
+    record = replace(record, created_utc=now.isoformat(timespec="seconds"), git=git_state(),
+                     packages=package_versions())
 
     def render_record(stem: str) -> str:
-        return dumps({
-            "competition": spec.competition,
-            "preset": preset,
-            "created_utc": now.isoformat(timespec="seconds"),
-            "cv": cv_score,
-            **record,
-            **provenance,
-            "files": {
-                "submission": stem + suffixes["submission"],
-                "oof": stem + suffixes["oof"] if oof is not None else None,
-                "figures": {name: f"{stem}_{name}.png" for name in figures or {}},
-                "tables": {name: f"{stem}_{name}.csv" for name in tables},
-            },
-        })
+        return dumps(replace(record, files={
+            "submission": stem + suffixes["submission"],
+            "oof": stem + suffixes["oof"] if oof is not None else None,
+            "figures": {name: f"{stem}_{name}.png" for name in figures or {}},
+            "tables": {name: f"{stem}_{name}.csv" for name in tables},
+        }).to_dict())
 
     try:
         render_record(base)  # serialise before any file exists: NaN or an odd type fails here
     except (TypeError, ValueError) as err:
-        where = _first_nonfinite(record)
+        where = _first_nonfinite(record.to_dict())
         detail = f"{where} is not a finite number" if where else str(err)
         raise PipelineError(f"{spec.competition}: the run record cannot be saved ({detail}); nothing was written") \
             from None

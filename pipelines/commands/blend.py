@@ -31,7 +31,7 @@ from pipelines.competitions import get_competition
 from pipelines.core import blending
 from pipelines.core.competition import BlendSpec
 from pipelines.core.errors import PipelineError
-from pipelines.core.records import data_dir_of
+from pipelines.core.records import RunRecord
 
 
 def _read(path, what: str, **kwargs) -> pd.DataFrame:
@@ -68,7 +68,7 @@ def test_set(run: Run) -> tuple[Path, str | None]:
     """The folder a run read its test set from, and the MD5 of that ``test.csv`` now (``None``: gone)."""
     from pipelines.core.io import md5
 
-    folder = data_dir_of(run.record)
+    folder = run.record.data_dir
     root = Path(folder) if folder else get_competition(run.competition).default_data
     test = root / "test.csv"
     return root.resolve(), (md5(test) if test.is_file() else None)
@@ -148,7 +148,7 @@ def blend_regression(runs: list[Run], spec: BlendSpec) -> dict:
     inputs = []
     for r, b in zip(runs, bases, strict=True):
         scores = blending.cross_fitted_scores(b, log_y, folds, mask=scored) if b.shape[1] > 1 else fold_scores(b[:, 0])
-        inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.get("preset"),
+        inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),
                        "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
@@ -174,14 +174,14 @@ def blend_regression(runs: list[Run], spec: BlendSpec) -> dict:
 
 def check_leaves_compatible(runs: list[Run]) -> None:
     """Leaves runs blend only with every fold trained and the same class list (the probability columns)."""
-    classes = runs[0].record.get("classes")
+    classes = runs[0].record.extra.get("classes")
     for r in runs:
-        trained, folds = r.record.get("trained_folds"), r.fold_ids or []
+        trained, folds = r.record.extra.get("trained_folds"), r.fold_ids or []
         if trained is not None and sorted(trained) != sorted(set(folds)):
             raise PipelineError(f"{r.stem} trained only folds {trained} of {len(set(folds))}: a blend needs every "
                                 "training row's out-of-fold probabilities (rerun without --fold)")
-        if r.record.get("classes") != classes:
-            other = r.record.get("classes") or []
+        if r.record.extra.get("classes") != classes:
+            other = r.record.extra.get("classes") or []
             raise PipelineError(f"class lists differ between {runs[0].stem} ({len(classes or [])} classes) and "
                                 f"{r.stem} ({len(other)} classes): they were trained on different labels")
 
@@ -197,7 +197,7 @@ def blend_leaves(runs: list[Run]) -> dict:
     oofs = [_read(r.oof, f"{r.stem}: out-of-fold file", dtype=text) for r in runs]
     tests = [_read(r.table("test_probs"), f"{r.stem}: test probabilities (runs made before leaves saved them "
                                           "cannot be blended; rerun it)", dtype=text) for r in runs]
-    base, classes = oofs[0], runs[0].record["classes"]
+    base, classes = oofs[0], runs[0].record.extra["classes"]
     columns = [f"p_{c}" for c in classes]
     for r, oof, test in zip(runs, oofs, tests, strict=True):
         lacking = [c for c in ["image", "fold", "label", *columns] if c not in oof.columns] + \
@@ -227,7 +227,7 @@ def blend_leaves(runs: list[Run]) -> dict:
 
     weights = blending.fit_simplex_weights(oof_probs, y, blending.log_loss)
     blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, blending.log_loss)
-    inputs = [{"run": r.stem, "record": r.path.name, "preset": r.record.get("preset"),
+    inputs = [{"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                "models": models_label(r.record), "recorded_cv": r.cv_mean, **scored(oof_probs[:, i]),
                "weight": float(w)} for i, (r, w) in enumerate(zip(runs, weights, strict=True))]
     blend_test = blending.blend(test_probs, weights)
@@ -257,29 +257,28 @@ def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seco
     from submissions.writer import write_run
 
     first = runs[0].record
+    competition = get_competition(runs[0].competition)
     names = [r.stem for r in runs]
-    record = {
-        "config": {"preset": "blend", "inputs": names, "weights_fitted_on": "out-of-fold log-loss", "seed": seed},
-        "seed": seed,
-        "metric": "accuracy",
-        "data": first.get("data"),
+    extra = {
+        "data": first.extra.get("data"),
         "classes": out["classes"],
-        "cv_mean": out["cv_mean"],
-        "cv_std": out["cv_std"],
-        "fold_scores": out["fold_scores"],
         "log_loss": {"cv_mean": out["log_loss"], "cv_std": out["log_loss_std"], "fold_scores": out["fold_log_loss"]},
         "cv_rule": "cross-fitted: fold k's rows are blended with weights fitted on the other folds' rows only",
         "inputs": out["inputs"],
         "blend_weights": {i["run"]: i["weight"] for i in out["inputs"]},
         "fold_weights": {k: dict(zip(names, map(float, w), strict=True)) for k, w in out["fold_weights"].items()},
-        "folds": first["folds"],
-        "trained_folds": sorted(set(first["folds"])),
-        "timings": {"total_seconds": seconds},
+        "trained_folds": sorted(set(first.fold_ids)),
     }
-    spec = get_competition(runs[0].competition).build_spec(data_dir_of(first))
-    return write_run(out["submission"], spec, out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
-                     record=record, oof=out["oof"], tables={"test_probs": out["test_probs"]})
-
+    record = RunRecord(
+        competition=competition.name, preset="blend", cv_mean=out["cv_mean"], metric=competition.metric,
+        cv_std=out["cv_std"], fold_scores=out["fold_scores"], folds=first.folds, seed=seed,
+        config={"preset": "blend", "inputs": names, "weights_fitted_on": "out-of-fold log-loss", "seed": seed},
+        data_dir=first.data_dir, kaggle_competition=first.kaggle_competition or competition.kaggle_slug,
+        timings={"total_s": seconds}, extra=extra,
+    )
+    spec = competition.build_spec(first.data_dir)
+    return write_run(out["submission"], spec, out_dir=out_dir, record=record, oof=out["oof"],
+                     tables={"test_probs": out["test_probs"]})
 
 def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
     """Write the blend as a run of its own through the shared writer (preset ``blend``)."""
@@ -287,28 +286,24 @@ def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: fl
 
     first = runs[0].record
     competition = get_competition(runs[0].competition)
-    record = {
-        "kaggle_competition": first.get("kaggle_competition") or competition.kaggle_slug,
-        "config": {"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": data_dir_of(first),
-                   "space": competition.blend.space, "seed": seed},
-        "seed": seed,
-        "metric": first.get("metric", competition.metric),
-        "cv_mean": out["cv_mean"],
-        "cv_std": out["cv_std"],
-        "fold_scores": out["fold_scores"],
+    extra = {
         "cv_all_rows": out["cv_all_rows"],
         "scored_rows": out["scored_rows"],
         "inputs": out["inputs"],
         "blend_weights": {i["run"]: i["weight"] for i in out["inputs"]},
         "models": {i["run"]: {k: i[k] for k in ("cv_mean", "cv_std", "fold_scores", "weight", "recorded_cv")}
                    for i in out["inputs"]},
-        "folds": first["folds"],
-        "timings": {"total_seconds": seconds},
     }
-    spec = competition.build_spec(data_dir_of(first))
-    return write_run(out["submission"], spec, out_dir=out_dir, preset="blend", cv_score=out["cv_mean"],
-                     record=record, oof=out["oof"])
-
+    record = RunRecord(
+        competition=competition.name, preset="blend", cv_mean=out["cv_mean"], metric=competition.metric,
+        cv_std=out["cv_std"], fold_scores=out["fold_scores"], folds=first.folds, seed=seed,
+        config={"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": first.data_dir,
+                "space": competition.blend.space, "seed": seed},
+        data_dir=first.data_dir, kaggle_competition=first.kaggle_competition or competition.kaggle_slug,
+        timings={"total_s": seconds}, extra=extra,
+    )
+    spec = competition.build_spec(first.data_dir)
+    return write_run(out["submission"], spec, out_dir=out_dir, record=record, oof=out["oof"])
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -330,7 +325,7 @@ def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> i
     """Blend regression runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
     competition = get_competition(runs[0].competition)
     out = blend_regression(runs, competition.blend)
-    metric = runs[0].record.get("metric", competition.metric)
+    metric = competition.metric
     width = max(len(r.stem) for r in runs)
     print(f"{'run':<{width}}  weight  CV {metric} on the same {out['scored_rows']} rows (recorded)")
     for info in out["inputs"]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import atomic_write
+from pipelines.core.records import RunRecord
 
 SUFFIXES = (".json", ".csv", "_oof.csv", "_test_probs.csv")
 COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path")
@@ -24,10 +25,10 @@ COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted
 
 @dataclass
 class Run:
-    """One run record on disk."""
+    """One run on disk: where its record is, and the record (any version, upgraded on read)."""
 
     path: Path  # the record .json
-    record: dict
+    record: RunRecord
 
     @property
     def stem(self) -> str:
@@ -35,42 +36,42 @@ class Run:
 
     @property
     def competition(self) -> str:
-        return self.record["competition"]
+        return self.record.competition
 
     @property
     def submission(self) -> Path:
-        return self.path.with_name(self.record["files"]["submission"])
+        return self.path.with_name(self.record.files["submission"])
 
     @property
     def oof(self) -> Path | None:
-        name = self.record["files"].get("oof")
+        name = self.record.files.get("oof")
         return self.path.with_name(name) if name else None
 
     def table(self, name: str) -> Path | None:
         """A further table the run wrote (leaves: ``test_probs``), if its record names one."""
-        file = (self.record["files"].get("tables") or {}).get(name)
+        file = (self.record.files.get("tables") or {}).get(name)
         return self.path.with_name(file) if file else None
 
     @property
     def partly_scored(self) -> bool:
         """An older house-prices run whose ``cv_mean`` left some rows out of scoring: ranked by its all-rows CV."""
-        rows = self.record.get("scored_rows")
-        return rows is not None and "cv_all_rows" in self.record and rows < len(self.fold_ids or [])
+        rows = self.record.extra.get("scored_rows")
+        return rows is not None and "cv_all_rows" in self.record.extra and rows < len(self.fold_ids or [])
 
     @property
     def cv_mean(self) -> float:
         if self.partly_scored:
-            return float(self.record["cv_all_rows"])
-        return float(self.record.get("cv_mean", self.record.get("cv", math.nan)))
+            return float(self.record.extra["cv_all_rows"])
+        return float(self.record.cv_mean)
 
     @property
     def cv_std(self) -> float:
-        return math.nan if self.partly_scored else float(self.record.get("cv_std", math.nan))
+        std = self.record.cv_std
+        return math.nan if self.partly_scored or std is None else float(std)
 
     @property
     def fold_ids(self) -> list | None:
-        folds = self.record.get("folds")  # house prices: {"ids": [...]}; leaves: the list itself
-        return folds.get("ids") if isinstance(folds, dict) else folds
+        return self.record.fold_ids
 
 
 def is_record(data: object) -> bool:
@@ -86,7 +87,7 @@ def read_run(path: Path) -> Run:
         raise PipelineError(f"{path}: not a readable run record ({type(err).__name__})") from err
     if not is_record(data):
         raise PipelineError(f"{path}: not a run record (no competition/files)")
-    return Run(path, data)
+    return Run(path, RunRecord.from_dict(data))
 
 
 def find_run(ref: str, out_dir: str | Path) -> Run:
@@ -122,45 +123,37 @@ def load_runs(out_dir: str | Path, competition: str | None = None) -> list[Run]:
                 print(f"warning: {path}: unreadable JSON, skipped", file=sys.stderr)
                 continue
             if is_record(data):
-                runs.append(Run(path, data))
+                runs.append(Run(path, RunRecord.from_dict(data)))
     return runs
 
 
-def models_label(record: dict) -> str:
+def models_label(record: RunRecord) -> str:
     """What a run fitted, short: its models with non-zero blend weight, its backbone, or its inputs' models."""
-    inputs = record.get("inputs")
+    inputs = record.extra.get("inputs")
     if isinstance(inputs, list) and inputs:  # a blend: the presets it blends
         return "+".join(str(i.get("models") or i.get("preset")) for i in inputs
                         if isinstance(i, dict) and i.get("weight", 1) > 1e-6)
-    weights = record.get("blend_weights")
+    weights = record.extra.get("blend_weights")
     if isinstance(weights, dict) and weights:
         return "+".join(n for n, w in weights.items() if w > 1e-6) or "-"
-    config = record.get("config") or {}
+    config = record.config or {}
     return str(config.get("model") or ",".join(config.get("models") or []) or "-")
-
-
-def _wall(record: dict) -> float:
-    timings = record.get("timings") or {}
-    for key in ("total_seconds", "total_s"):
-        if key in timings:
-            return float(timings[key])
-    return math.nan
 
 
 def row(run: Run, relative_to: Path | None = None) -> dict:
     """One leaderboard row: the CSV's and the table's fields."""
-    subs = run.record.get("submissions") or []
+    subs = run.record.submissions or []
     scores = [s["public_score"] for s in subs if s.get("public_score") is not None]
     path = run.submission
     if relative_to is not None and path.resolve().is_relative_to(relative_to.resolve()):
         path = path.resolve().relative_to(relative_to.resolve())
     return {
-        "time": run.record.get("created_utc", ""),
-        "preset": run.record.get("preset", ""),
+        "time": run.record.created_utc,
+        "preset": run.record.preset,
         "models": models_label(run.record),
         "cv_mean": run.cv_mean,
         "cv_std": run.cv_std,
-        "wall_s": _wall(run.record),
+        "wall_s": float(run.record.timings.get("total_s", math.nan)),
         "submitted": len(subs),
         "public_score": scores[-1] if scores else None,
         "path": str(path),
@@ -255,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             comp = get_competition(name)
             metric, greater = comp.metric, comp.greater_is_better
         except PipelineError:
-            metric, greater = runs[0].record.get("metric", "cv"), False
+            metric, greater = runs[0].record.metric, False
         rows = leaderboard(runs, greater)
         if args.csv == "-":
             write_csv(rows, None)

@@ -49,7 +49,6 @@ def run_of(path: Path) -> Run | None:
 def resolve(path: Path, competition: str | None, data_dir: str | None) -> tuple[Run | None, SubmissionSpec, str]:
     """The run (if any), the spec to validate against, and the Kaggle slug to send to."""
     from pipelines.competitions import get_competition, list_competitions
-    from pipelines.core.records import data_dir_of
 
     if not path.is_file():
         raise PipelineError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
@@ -63,8 +62,8 @@ def resolve(path: Path, competition: str | None, data_dir: str | None) -> tuple[
     if competition and get_competition(competition).name != run.competition:
         raise PipelineError(f"{path} is a {run.competition} run, not {competition}")
     comp = get_competition(run.competition)
-    slug = run.record.get("kaggle_competition") or comp.kaggle_slug  # the record's own slug first
-    return run, comp.build_spec(data_dir or data_dir_of(run.record)), slug
+    slug = run.record.kaggle_competition or comp.kaggle_slug  # the record's own slug first
+    return run, comp.build_spec(data_dir or run.record.data_dir), slug
 
 
 def validate(path: Path, competition: str | None = None, data_dir: str | None = None) -> tuple[Run | None, str, int]:
@@ -138,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     run_, slug, rows = validate(path, args.competition, args.data_dir)
     print(f"valid: {path} ({rows} rows) for {slug}")
-    if run_ is not None and (run_.record.get("data") or {}).get("source") == "synthetic":
+    if run_ is not None and (run_.record.extra.get("data") or {}).get("source") == "synthetic":
         raise PipelineError(f"{path} comes from a synthetic leaf set; it cannot be scored on Kaggle")
     if args.dry_run:
         print("dry run: nothing sent")

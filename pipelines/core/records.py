@@ -1,9 +1,10 @@
-"""Run provenance: what a run record holds besides its scores (git state, versions, timings)."""
+"""Run records: the one format of a run's ``<stem>.json`` (``RunRecord``) and its provenance (git, versions)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -65,12 +66,93 @@ def dumps(record: dict) -> str:
     return json.dumps(record, indent=2, default=to_jsonable, allow_nan=False) + "\n"
 
 
-def data_dir_of(record: dict) -> str | None:
-    """The data folder a run read: leaves records it under ``data.dir``, house prices under ``config``."""
-    data = record.get("data")
-    if isinstance(data, dict) and data.get("dir"):
-        return str(data["dir"])
-    config = record.get("config")
-    if isinstance(config, dict) and config.get("data_dir"):
-        return str(config["data_dir"])
-    return None
+
+# ------------------------------------------------------------------------------------------- run record
+RECORD_VERSION = 2
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """The one format of a run's ``<stem>.json``: the writer writes it, every reader reads it.
+
+    The fields every command relies on are typed here; whatever a competition adds (per-model scores,
+    outliers, TTA choice, training curves...) goes in ``extra`` and is stored at the top level of the JSON
+    beside them, so a record stays one flat, readable object. Records written before this format existed
+    are upgraded on read by ``upgrade``, the one place that knows their older spellings.
+    """
+
+    competition: str  # the registry's name, also the folder under out_dir
+    preset: str
+    cv_mean: float  # the headline CV in ``metric``, every training row scored
+    metric: str
+    cv_std: float | None = None
+    fold_scores: list[float] = dataclasses.field(default_factory=list)
+    folds: dict = dataclasses.field(default_factory=dict)  # at least {"ids": fold of every training row}
+    seed: int | None = None
+    config: dict = dataclasses.field(default_factory=dict)
+    data_dir: str | None = None  # the folder the run read (None: the competition's default)
+    kaggle_competition: str | None = None
+    timings: dict = dataclasses.field(default_factory=dict)  # at least {"total_s": wall seconds}
+    created_utc: str = ""
+    git: dict = dataclasses.field(default_factory=dict)
+    packages: dict = dataclasses.field(default_factory=dict)
+    files: dict = dataclasses.field(default_factory=dict)  # names beside the record: submission, oof, figures
+    submissions: list[dict] = dataclasses.field(default_factory=list)  # what `submit` sent (appended later)
+    extra: dict = dataclasses.field(default_factory=dict)
+    version: int = RECORD_VERSION
+
+    @property
+    def fold_ids(self) -> list | None:
+        return self.folds.get("ids")
+
+    def to_dict(self) -> dict:
+        """The JSON object: the typed fields, with ``extra``'s keys beside them (a typed field wins)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        clash = sorted(set(self.extra) & set(fields))
+        if clash:
+            raise ValueError(f"run record: extra fields {clash} would hide the typed ones")
+        return {**fields, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunRecord:
+        """A record read from disk, of any version (upgraded first)."""
+        data = upgrade(data)
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunRecord:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def upgrade(data: dict) -> dict:
+    """A record of any earlier version in the current format; the only reader of the older spellings.
+
+    Version 1 (no ``version`` field) had ``cv`` (the writer's) beside or instead of ``cv_mean``, ``folds``
+    as a dict (house prices, blends) or as the bare list of fold ids (leaves), ``timings.total_seconds``
+    or ``timings.total_s``, and its data folder under ``config.data_dir`` or ``data.dir``.
+    """
+    version = data.get("version", 1)
+    if version > RECORD_VERSION:
+        raise ValueError(f"run record version {version} is newer than this code ({RECORD_VERSION})")
+    if version == RECORD_VERSION:
+        return dict(data)
+    out = dict(data)
+    cv = out.pop("cv", None)
+    out.setdefault("cv_mean", cv if cv is not None else math.nan)
+    folds = out.get("folds")
+    out["folds"] = {"ids": folds} if isinstance(folds, list) else dict(folds or {})
+    timings = dict(out.get("timings") or {})
+    if "total_seconds" in timings:
+        timings.setdefault("total_s", timings.pop("total_seconds"))
+    out["timings"] = timings
+    if "data_dir" not in out:
+        data_info, config = out.get("data"), out.get("config")
+        where = (data_info.get("dir") if isinstance(data_info, dict) else None) or \
+            (config.get("data_dir") if isinstance(config, dict) else None)
+        out["data_dir"] = str(where) if where else None
+    out.setdefault("metric", "cv")
+    out.setdefault("preset", "")
+    out["version"] = RECORD_VERSION
+    return out

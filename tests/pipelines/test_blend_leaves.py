@@ -51,7 +51,7 @@ def test_blend_of_two_leaves_runs_writes_a_submission_and_an_honest_record(two_l
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
     # every input rescored on its own OOF probabilities: accuracy as its run recorded it, and a log-loss
     for info, rec in zip(record["inputs"], inputs, strict=True):
-        assert info["cv_mean"] == pytest.approx(rec["cv"]) and info["log_loss"] > 0
+        assert info["cv_mean"] == pytest.approx(rec["cv_mean"]) and info["log_loss"] > 0
     # the blended submission is the argmax of the blended test probabilities, for every test image
     test_probs = [_probs(r.parent / json.loads(r.read_text())["files"]["tables"]["test_probs"], classes)
                   for r in records]
@@ -116,7 +116,7 @@ def _edit_table(path: Path, name: str, edit) -> None:
 
 
 def _other_folds(path: Path) -> None:
-    _edit_record(path, lambda r: r.update(folds=[1 - f for f in r["folds"]]))
+    _edit_record(path, lambda r: r["folds"].update(ids=[1 - f for f in r["folds"]["ids"]]))
 
 
 def _other_classes(path: Path) -> None:

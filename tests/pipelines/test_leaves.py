@@ -46,7 +46,7 @@ def test_end_to_end_writes_a_valid_submission_and_record(tiny_leaves, tmp_path, 
     assert set(sub["label"]) <= set(train["label"])
     record = json.loads(sub_path.with_suffix(".json").read_text())
     assert record["classes"] == sorted(train["label"].unique())
-    assert len(record["folds"]) == len(train) and record["trained_folds"] == [0, 1]
+    assert len(record["folds"]["ids"]) == len(train) and record["trained_folds"] == [0, 1]
     assert len(record["fold_scores"]) == 2 and record["config"]["seed"] == 0
     for name in ("curves", "confusion"):
         assert (sub_path.parent / record["files"]["figures"][name]).stat().st_size > 1000

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.records import RunRecord
 from submissions.writer import SubmissionSpec, validate_submission, write_run
 
 SPEC = SubmissionSpec("toy", ["Id", "SalePrice"], ids=pd.Series([1, 2, 3]), positive=True)
@@ -43,7 +44,7 @@ def test_labels_must_come_from_the_training_set():
 
 
 def _write(tmp_path, **kw):
-    return write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={"seed": 0},
+    return write_run(GOOD, SPEC, out_dir=tmp_path, record=RunRecord("toy", "p", 0.1, "rmse", seed=0),
                      oof=pd.DataFrame({"Id": [1]}), **kw)
 
 
@@ -61,5 +62,5 @@ def test_writer_never_overwrites_and_records_provenance(tmp_path):
 
 def test_invalid_frame_writes_nothing(tmp_path):
     with pytest.raises(PipelineError):
-        write_run(GOOD.iloc[:2], SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={})
+        write_run(GOOD.iloc[:2], SPEC, out_dir=tmp_path, record=RunRecord("toy", "p", 0.1, "rmse"))
     assert not (tmp_path / "toy").exists()

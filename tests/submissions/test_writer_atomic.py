@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.records import RunRecord
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +54,9 @@ def assert_whole_runs(folder: Path, parts=PARTS) -> list[str]:
 
 def test_nan_cv_or_unserialisable_record_writes_nothing(tmp_path):
     with pytest.raises(PipelineError, match="CV score is nan.*nothing was written"):
-        write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=float("nan"), record={})
+        write_run(GOOD, SPEC, out_dir=tmp_path, record=RunRecord("toy", "p", float("nan"), "rmse"))
     with pytest.raises(PipelineError, match=r"record cannot be saved \(fold_scores\[0\] is not a finite.*nothing was"):
-        write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={"fold_scores": [np.nan]})
+        write_run(GOOD, SPEC, out_dir=tmp_path, record=RunRecord("toy", "p", 0.1, "rmse", fold_scores=[np.nan]))
     assert not list(tmp_path.rglob("*"))
 
 
@@ -83,6 +84,7 @@ def test_read_only_out_dir_is_refused(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, time
     import pandas as pd
+    from pipelines.core.records import RunRecord
     from submissions.writer import SubmissionSpec, write_run
 
     out, start = sys.argv[1], float(sys.argv[2])
@@ -91,7 +93,7 @@ WRITER = textwrap.dedent("""
     oof = pd.DataFrame({"Id": range(20000), "prediction": 0.5, "fold": 1})
     while time.time() < start:
         time.sleep(0.001)
-    files = write_run(frame, spec, out_dir=out, preset="race", cv_score=0.1, record={"seed": 0}, oof=oof)
+    files = write_run(frame, spec, out_dir=out, record=RunRecord("toy", "race", 0.1, "rmse", seed=0), oof=oof)
     print(files.record.name)
 """)
 
@@ -116,6 +118,7 @@ LOOP = textwrap.dedent("""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
+    from pipelines.core.records import RunRecord
     from submissions.writer import SubmissionSpec, write_run
 
     spec = SubmissionSpec("toy", ["Id", "SalePrice"], ids=pd.Series(range(1, 3001)), positive=True)
@@ -127,7 +130,7 @@ LOOP = textwrap.dedent("""
             fig, ax = plt.subplots()
             ax.plot(range(100))
             plt.close(fig)
-            write_run(frame, spec, out_dir=sys.argv[1], preset="int", cv_score=0.1, record={}, oof=oof,
+            write_run(frame, spec, out_dir=sys.argv[1], record=RunRecord("toy", "int", 0.1, "rmse"), oof=oof,
                       figures={"cv": fig})
             return "done"
         except KeyboardInterrupt:
@@ -196,7 +199,7 @@ def test_without_hard_links_the_writer_claims_names_exclusively(tmp_path, monkey
         raise PermissionError("hard links not supported")
 
     monkeypatch.setattr(os, "link", no_links)
-    first = write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={}, oof=GOOD)
-    second = write_run(GOOD, SPEC, out_dir=tmp_path, preset="p", cv_score=0.1, record={}, oof=GOOD)
+    first = write_run(GOOD, SPEC, out_dir=tmp_path, record=RunRecord("toy", "p", 0.1, "rmse"), oof=GOOD)
+    second = write_run(GOOD, SPEC, out_dir=tmp_path, record=RunRecord("toy", "p", 0.1, "rmse"), oof=GOOD)
     assert first.record != second.record
     assert len(assert_whole_runs(tmp_path / "toy")) == 2

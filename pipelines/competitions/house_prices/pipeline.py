@@ -31,7 +31,7 @@ from pipelines.core import blending
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import check_numeric, check_unique, md5, read_csv
-from pipelines.core.records import REPO_ROOT
+from pipelines.core.records import REPO_ROOT, RunRecord
 from pipelines.core.seed import set_seed
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
@@ -287,14 +287,7 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: blend_test})
     oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds[0], TARGET: price, "prediction": blend_oof,
                               "scored": True, **{f"oof_{n}": np.exp(log_oof[0, :, i]) for i, n in enumerate(names)}})
-    record = {
-        "kaggle_competition": KAGGLE_SLUG,
-        "config": asdict(cfg),
-        "seed": cfg.seed,
-        "metric": "log_rmse",
-        "cv_mean": cv_mean,
-        "cv_std": cv_std,
-        "fold_scores": stack["fold_scores"],
+    extra = {
         "repeat_means": stack["repeat_means"],
         "cv_all_rows": cv_mean,
         "cv_excluding_outliers": stack_excl["cv_mean"],
@@ -304,16 +297,19 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
                      "oof_log_error": summary["outlier_errors"]},
         "blend_weights": summary["weights"],
         "models": per_model,
-        "folds": {"strategy": "binned", "n_splits": cfg.folds, "n_repeats": cfg.repeats,
-                  "seeds": [cfg.seed + r for r in range(cfg.repeats)], "ids": folds[0], "repeats": folds},
-        "timings": {"total_seconds": seconds},
         **cfg.extra_record,
     }
+    record = RunRecord(
+        competition=NAME, preset=cfg.preset, cv_mean=cv_mean, metric="log_rmse", cv_std=cv_std,
+        fold_scores=stack["fold_scores"], seed=cfg.seed, config=asdict(cfg), data_dir=cfg.data_dir,
+        folds={"strategy": "binned", "n_splits": cfg.folds, "n_repeats": cfg.repeats,
+               "seeds": [cfg.seed + r for r in range(cfg.repeats)], "ids": folds[0], "repeats": folds},
+        kaggle_competition=KAGGLE_SLUG, timings={"total_s": seconds}, extra=extra,
+    )
     spec = SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
     figure = plot_run({**per_model, "stack": {"fold_scores": stack["fold_scores"]}}, price, blend_oof, outliers,
                       f"{cfg.preset}: CV {cv_mean:.4f} on all rows")
-    files = write_run(submission, spec, out_dir=cfg.out_dir, preset=cfg.preset, cv_score=cv_mean, record=record,
-                      oof=oof_frame, figures={"cv": figure})
+    files = write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof_frame, figures={"cv": figure})
     return {**summary, "files": files}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.records import RunRecord
 from pipelines.core.tuning import parse_overrides, tuning_param_names
 
 # name in the study -> (LeavesConfig field, suggest) ; ranges around the preset's fine-tuning defaults
@@ -106,17 +107,11 @@ class LeavesObjective:
 
     def train_best(self, params: dict, extra_record: dict) -> dict:
         """The normal leaves run with the best parameters; the study and trial go into its run record."""
-        import json
-
-        from pipelines.competitions.leaves.pipeline import COMPETITION, run_config
+        from pipelines.competitions.leaves.pipeline import run_config
 
         cfg = dataclasses.replace(self.config(optuna.trial.FixedTrial(params)), progress=True,
                                   extra_record=extra_record)
-        folder = Path(cfg.out_dir) / COMPETITION
-        before = set(folder.glob("*.json")) if folder.is_dir() else set()
-        run_config(cfg)
-        records = sorted(set(folder.glob("*.json")) - before)
-        if not records:
-            raise PipelineError("the leaves run wrote no record")
-        cv = float(json.loads(records[-1].read_text())["cv"])
-        return {"cv_mean": cv, "submission": records[-1].with_suffix(".csv")}
+        files = run_config(cfg)
+        if files is None:
+            raise PipelineError("the leaves run wrote no record (not the main process)")
+        return {"cv_mean": RunRecord.read(files.record).cv_mean, "submission": files.submission}

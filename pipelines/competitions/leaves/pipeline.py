@@ -27,12 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines.core.errors import PipelineError
-from pipelines.core.records import REPO_ROOT, dumps
+from pipelines.core.records import REPO_ROOT, RunRecord, dumps
+
+if TYPE_CHECKING:
+    from submissions.writer import RunFiles
 
 COMPETITION = "classify-leaves"
 DEFAULT_DATA = REPO_ROOT / "data" / "classify-leaves"
@@ -585,10 +589,12 @@ def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
 # ------------------------------------------------------------------------------------------------ main
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    return run_config(cfg)
+    run_config(cfg)
+    return 0
 
 
-def run_config(cfg: LeavesConfig) -> int:
+def run_config(cfg: LeavesConfig) -> RunFiles | None:
+    """The whole run; returns the paths it wrote (``None`` on the ranks other than 0, which write nothing)."""
     from models.pretrained import weights_record
     from pipelines.core.cv import cross_validate, make_folds
     from pipelines.core.seed import set_seed
@@ -639,7 +645,7 @@ def run_config(cfg: LeavesConfig) -> int:
                                                                          strict=True)))
     say(f"cv accuracy: {result.mean:.4f} +- {result.std:.4f}")
     if not is_main_process():
-        return 0
+        return None
 
     classes = np.asarray(data.classes)
     submission = pd.DataFrame({"image": data.test["image"], "label": classes[result.test.argmax(1)]})
@@ -654,36 +660,36 @@ def run_config(cfg: LeavesConfig) -> int:
     # of several runs needs them (``python -m pipelines blend``)
     test_probs = pd.concat([data.test[["image"]].reset_index(drop=True),
                             pd.DataFrame(result.test, columns=prob_columns)], axis=1)
-    record = {
-        "config": dataclasses.asdict(cfg),
+    extra = {
         "weights": weights,  # where the starting weights came from, with their SHA-256
-        "seed": cfg.seed,
         "data": {"dir": str(data.root), "source": data.source, "n_train": len(data.train),
                  "n_test": len(data.test), "img_size": data.img_size},
         "classes": data.classes,
-        "folds": folds,
         "trained_folds": sorted(fold_info),
-        "fold_scores": result.fold_scores,
-        "cv_std": result.std,
         "epoch_choice": epoch_choice(cfg),
         "fold_epochs_used": {k: v["epoch_used"] for k, v in fold_info.items()},
         "tta": {"views_tried": len(views), "oof_accuracy_by_views": tta["oof_accuracy"],
                 "views_per_fold": tta["per_fold"], "views_test": tta["test"],
                 "rule": "each fold's rows use the view count best on the other folds' rows; test: best on all"},
         "history": {k: v["history"] for k, v in fold_info.items()},
-        "timings": {"load_s": load_seconds, "fold_s": result.fold_seconds,
-                    "total_s": time.perf_counter() - t0},
         "device": str(device),
         "world_size": world()[1],
         "run_dir": str(run_dir),
         **cfg.extra_record,
     }
+    record = RunRecord(
+        competition=COMPETITION, preset=cfg.model, cv_mean=result.mean, metric="accuracy", cv_std=result.std,
+        fold_scores=result.fold_scores, seed=cfg.seed, config=dataclasses.asdict(cfg), data_dir=str(data.root),
+        folds={"strategy": "stratified", "n_splits": cfg.folds, "ids": folds}, kaggle_competition=COMPETITION,
+        timings={"load_s": load_seconds, "fold_s": result.fold_seconds, "total_s": time.perf_counter() - t0},
+        extra=extra,
+    )
     figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
                "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}
-    files = write_run(submission, spec, out_dir=cfg.out_dir, preset=cfg.model, cv_score=result.mean,
-                      record=record, oof=oof, figures=figures, tables={"test_probs": test_probs})
+    files = write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof, figures=figures,
+                      tables={"test_probs": test_probs})
     print(f"submission: {files.submission}", flush=True)
-    return 0
+    return files
 
 
 def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
