@@ -78,4 +78,4 @@ def test_ddp_gloo_two_processes(data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("submission: ") == 1  # rank 0 alone writes and prints
     assert "on cpu x2" in done.stdout
-    assert len(list((tmp_path / "subs" / "classify-leaves").glob("*.csv"))) == 2  # submission + OOF
+    assert len(list((tmp_path / "subs" / "classify-leaves").glob("*.csv"))) == 3  # submission, OOF, test probabilities
