@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.__main__ import main
 from pipelines.competitions.leaves.leafgen import generate_leaves
-from pipelines.core.checkpoint import EarlyStopping
+from pipelines.core.callbacks import EarlyStopping
 
 TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--folds", "2",
         "--no-progress", "--img-size", "32"]

@@ -11,15 +11,8 @@ import torch
 from torch import nn
 
 from pipelines.core import training
-from pipelines.core.training import (
-    Trainer,
-    autocast_dtype,
-    collective_device,
-    cpu_has_bf16,
-    dist_backend,
-    fp32_depthwise,
-    local_gpu,
-)
+from pipelines.core.distributed import collective_device, dist_backend, local_gpu
+from pipelines.core.training import Trainer, autocast_dtype, cpu_has_bf16, fp32_depthwise
 
 
 def test_cpu_bf16_probe_reads_the_flags():

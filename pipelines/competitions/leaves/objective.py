@@ -76,7 +76,7 @@ class LeavesObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         from pipelines.competitions.leaves.pipeline import accuracy, fit_fold, load_data
         from pipelines.core.cv import cross_validate, make_folds
-        from pipelines.core.training import default_device
+        from pipelines.core.distributed import default_device
 
         cfg = self.config(trial)
         device = default_device()

@@ -176,12 +176,12 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
 
     creds = kaggle_client.find_credentials()  # the same discovery as `submit`
     if creds is not None:
-        from pipelines.core.training import is_main_process
+        from pipelines.core.distributed import barrier, is_main_process
 
         if is_main_process():
             say(f"downloading {COMPETITION} with the kaggle client ({creds.describe()}) into {DEFAULT_DATA}")
             kaggle_client.download(COMPETITION, DEFAULT_DATA, creds)
-        _barrier()
+        barrier()
         return DEFAULT_DATA, "kaggle"
     from pipelines.competitions.leaves.leafgen import VERSION, generate_leaves
 
@@ -189,12 +189,12 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
     root = REPO_ROOT / "cache" / "synthetic-leaves" / f"v{VERSION}_s{n[0]}_n{n[1]}_t{n[2]}_px{n[3]}_seed{cfg.seed}"
     say(f"no data/classify-leaves/ and no Kaggle credentials: using a synthetic leaf set ({n[0]} species, "
         f"{n[1]} train / {n[2]} test images, {n[3]} px) in {root.relative_to(REPO_ROOT)}")
-    from pipelines.core.training import is_main_process
+    from pipelines.core.distributed import barrier, is_main_process
 
     if is_main_process() and not (root / ".complete").exists():  # rank 0 draws, the other ranks wait
         generate_leaves(root, n_species=n[0], n_train=n[1], n_test=n[2], size=n[3], seed=cfg.seed)
         (root / ".complete").touch()
-    _barrier()
+    barrier()
     return root, "synthetic"
 
 
@@ -276,7 +276,7 @@ def make_loader(dataset, cfg: LeavesConfig, *, train: bool, seed: int, device):
     from torch.utils.data import DataLoader
 
     from features.images import SeededSampler
-    from pipelines.core.training import world
+    from pipelines.core.distributed import world
 
     rank, world_size = world()
     workers = cfg.workers
@@ -387,9 +387,10 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
 
     from features.images import ImageDataset, eval_transform, train_transform, tta_views
     from models.pretrained import input_stats
-    from pipelines.core.checkpoint import EarlyStopping, load_checkpoint, save_checkpoint
+    from pipelines.core.callbacks import EarlyStopping
+    from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
+    from pipelines.core.distributed import barrier, broadcast_value, is_main_process
     from pipelines.core.seed import set_seed
-    from pipelines.core.training import broadcast_value, is_main_process
 
     set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
     fold_dir = run_dir / f"fold{fold}"
@@ -446,7 +447,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
                                        "classes": data.classes})
             save_checkpoint(last, {"trainer": tr.state_dict(), "early_stopping": stopper.state_dict(),
                                    "history": history, "finished": tr.should_stop or tr.epoch >= cfg.epochs})
-        _barrier()
+        barrier()
         if on_epoch is not None:
             on_epoch(tr.epoch, metrics["val_acc"])
 
@@ -454,7 +455,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     start = time.perf_counter()
     trainer.fit(train_loader, cfg.epochs - trainer.epoch)
     train_seconds = time.perf_counter() - start
-    _barrier()
+    barrier()
     chosen = load_checkpoint(best)
     trainer.eval_model.load_state_dict(chosen["model"])
 
@@ -493,19 +494,10 @@ def choose_tta(valid_views: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dic
 
 def _n_batches(n: int, cfg: LeavesConfig) -> int:
     """Optimizer steps per epoch, as :func:`make_loader` batches the training set (for the LR schedule)."""
-    from pipelines.core.training import world
+    from pipelines.core.distributed import world
 
     per_rank = n // world()[1]
     return max(1, per_rank // min(cfg.batch_size, per_rank))
-
-
-def _barrier() -> None:
-    from pipelines.core.training import world
-
-    if world()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -559,7 +551,7 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str])
 
 
 def say(message: str) -> None:
-    from pipelines.core.training import is_main_process
+    from pipelines.core.distributed import is_main_process
 
     if is_main_process():
         print(message, flush=True)
@@ -576,14 +568,10 @@ def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
         saved = json.loads((run_dir / "config.json").read_text())
         keep = {"progress": cfg.progress, "workers": cfg.workers, "resume": cfg.resume}
         return LeavesConfig(**{**saved, **keep}), run_dir
-    from pipelines.core.training import world
+    from pipelines.core.distributed import broadcast_object
 
-    names = [f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}_{cfg.model}_seed{cfg.seed}"]
-    if world()[1] > 1:  # every rank uses rank 0's name
-        import torch.distributed as dist
-
-        dist.broadcast_object_list(names, src=0)
-    return cfg, base / names[0]
+    name = broadcast_object(f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}_{cfg.model}_seed{cfg.seed}")  # rank 0's name
+    return cfg, base / name
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -597,8 +585,8 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
     """The whole run; returns the paths it wrote (``None`` on the ranks other than 0, which write nothing)."""
     from models.pretrained import weights_record
     from pipelines.core.cv import cross_validate, make_folds
+    from pipelines.core.distributed import default_device, init_distributed, is_main_process, world
     from pipelines.core.seed import set_seed
-    from pipelines.core.training import default_device, init_distributed, is_main_process, world
     from submissions.writer import SubmissionSpec, write_run
 
     t0 = time.perf_counter()
