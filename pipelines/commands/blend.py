@@ -215,6 +215,9 @@ def blend_leaves(runs: list[Run]) -> dict:
     folds = base["fold"].to_numpy()
     if not np.array_equal(folds, np.asarray(runs[0].fold_ids)):
         raise PipelineError(f"{runs[0].stem}: the OOF file's folds differ from its record's")
+    unknown = sorted(set(base["label"]) - set(classes))
+    if unknown:
+        raise PipelineError(f"{runs[0].stem}: its out-of-fold label {unknown[0]!r} is not in its record's classes")
     y = np.searchsorted(classes, base["label"].to_numpy())
     oof_probs = np.stack([o[columns].to_numpy(float) for o in oofs], axis=1)  # (rows, runs, classes)
     test_probs = np.stack([t[columns].to_numpy(float) for t in tests], axis=1)
