@@ -80,59 +80,84 @@ def find_credentials(environ: dict[str, str] | None = None) -> Credentials | Non
     """
     env = os.environ if environ is None else environ
     home = Path(os.path.expanduser("~"))
-    token = env.get("KAGGLE_API_TOKEN")
-    if token:
-        if Path(token).is_file():
-            path = Path(token)
-            value = _read_token(path)
-            if value:
-                warning = _too_open(path)
-                return Credentials("KAGGLE_API_TOKEN", str(path), (warning,) if warning else (), (value,))
-        else:
-            return Credentials("KAGGLE_API_TOKEN", "KAGGLE_API_TOKEN", (), (token,))
-    for name in ("access_token", "access_token.txt"):
-        path = home / ".kaggle" / name
-        value = _read_token(path)
-        if value:
-            warning = _too_open(path)
-            return Credentials("access_token", str(path), (warning,) if warning else (), (value,))
-
-    legacy: dict[str, Any] = {}
-    warnings: list[str] = []
+    token = _access_token(env, home)
+    if token is not None:
+        return token
     json_path = config_dir(env) / "kaggle.json"
-    if json_path.is_file():
-        warning = _too_open(json_path)
-        if warning:
-            warnings.append(warning)
-        try:
-            legacy = json.loads(json_path.read_text()) or {}
-        except (OSError, ValueError):
-            warnings.append(f"{json_path} is not valid JSON; ignored")
-            legacy = {}
-        if not isinstance(legacy, dict):
-            legacy = {}
-    from_env = [k for k in ("username", "key") if env.get(f"KAGGLE_{k.upper()}")]
-    for k in from_env:
-        legacy[k] = env[f"KAGGLE_{k.upper()}"]
-    if legacy.get("username") and legacy.get("key"):
-        if len(from_env) == 2:
-            return Credentials("KAGGLE_USERNAME/KAGGLE_KEY", "KAGGLE_USERNAME/KAGGLE_KEY", tuple(warnings),
-                               (str(legacy["key"]),))
-        return Credentials("kaggle.json", str(json_path), tuple(warnings), (str(legacy["key"]),))
-
-    oauth = home / ".kaggle" / "credentials.json"
-    if oauth.is_file():
-        try:
-            data = json.loads(oauth.read_text())
-        except (OSError, ValueError):
-            data = {}
-        secrets = tuple(str(v) for k, v in data.items() if isinstance(v, str) and "token" in k.lower()) \
-            if isinstance(data, dict) else ()
-        warning = _too_open(oauth)
-        return Credentials("oauth", str(oauth), (*warnings, *([warning] if warning else [])), secrets)
+    legacy, warnings = _legacy_key(env, json_path)
+    if legacy is not None:
+        return legacy
+    oauth = _oauth(home / ".kaggle" / "credentials.json", warnings)
+    if oauth is not None:
+        return oauth
     if warnings:  # a kaggle.json without a username or key: say why it did not count
         raise PipelineError(f"{json_path} has no 'username' and 'key'; {SETUP_HELP}")
     return None
+
+
+def _token_file(method: str, path: Path) -> Credentials | None:
+    """The token in ``path`` (``None`` if missing or empty), with a warning if other users can read it."""
+    value = _read_token(path)
+    if not value:
+        return None
+    warning = _too_open(path)
+    return Credentials(method, str(path), (warning,) if warning else (), (value,))
+
+
+def _access_token(env: dict[str, str], home: Path) -> Credentials | None:
+    """``KAGGLE_API_TOKEN`` (the token itself, or a file holding it), then ``~/.kaggle/access_token[.txt]``."""
+    token = env.get("KAGGLE_API_TOKEN")
+    if token and not Path(token).is_file():
+        return Credentials("KAGGLE_API_TOKEN", "KAGGLE_API_TOKEN", (), (token,))
+    found = _token_file("KAGGLE_API_TOKEN", Path(token)) if token else None
+    for name in ("access_token", "access_token.txt"):
+        found = found or _token_file("access_token", home / ".kaggle" / name)
+    return found
+
+
+def _legacy_key(env: dict[str, str], json_path: Path) -> tuple[Credentials | None, list[str]]:
+    """The legacy username and key: ``kaggle.json``'s, each overridden by ``KAGGLE_USERNAME``/``KAGGLE_KEY``;
+    and the warnings the file gave (too open, not JSON)."""
+    warnings: list[str] = []
+    legacy = _read_kaggle_json(json_path, warnings)
+    from_env = [k for k in ("username", "key") if env.get(f"KAGGLE_{k.upper()}")]
+    for k in from_env:
+        legacy[k] = env[f"KAGGLE_{k.upper()}"]
+    if not (legacy.get("username") and legacy.get("key")):
+        return None, warnings
+    if len(from_env) == 2:
+        return Credentials("KAGGLE_USERNAME/KAGGLE_KEY", "KAGGLE_USERNAME/KAGGLE_KEY", tuple(warnings),
+                           (str(legacy["key"]),)), warnings
+    return Credentials("kaggle.json", str(json_path), tuple(warnings), (str(legacy["key"]),)), warnings
+
+
+def _read_kaggle_json(path: Path, warnings: list[str]) -> dict[str, Any]:
+    """``kaggle.json`` as a dict (empty if missing or unreadable); problems are added to ``warnings``."""
+    if not path.is_file():
+        return {}
+    warning = _too_open(path)
+    if warning:
+        warnings.append(warning)
+    try:
+        data = json.loads(path.read_text()) or {}
+    except (OSError, ValueError):
+        warnings.append(f"{path} is not valid JSON; ignored")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _oauth(path: Path, warnings: list[str]) -> Credentials | None:
+    """``kaggle auth login``'s ``credentials.json``: every string field named like a token is a secret."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    fields = data.items() if isinstance(data, dict) else ()
+    secrets = tuple(str(v) for k, v in fields if isinstance(v, str) and "token" in k.lower())
+    warning = _too_open(path)
+    return Credentials("oauth", str(path), (*warnings, *([warning] if warning else [])), secrets)
 
 
 def require_credentials() -> Credentials:
