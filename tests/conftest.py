@@ -5,10 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import matplotlib
 import pytest
-
-matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parent.parent
 HOUSE_DIR = REPO / "data" / "house-prices"

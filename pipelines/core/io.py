@@ -1,4 +1,5 @@
-"""Reading competition CSVs with one-line errors for every way they can be wrong (shared by pipelines).
+"""Files for every pipeline: competition CSVs read with one-line errors for every way they can be wrong,
+files written atomically, file digests, and the one matplotlib setup for figure files.
 
 Checked here, once for every pipeline: a missing, empty or unparsable file; missing columns; a column
 name given twice (pandas would silently rename the second one ``X.1`` and the model would treat it as a
@@ -129,3 +130,17 @@ def check_numeric(frame: pd.DataFrame, columns: Iterable[str], name: str) -> Non
             raise PipelineError(f"{name}: non-numeric value {bad.iloc[0]!r} in numeric column {c!r} (line {row})")
         frame[c] = parsed
     check_finite(frame, columns, name)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, set here once for every figure the pipelines draw.
+
+    Figures are only ever saved to files (by the writer): Agg needs no display, works in tune's worker
+    processes and under ``torchrun``, and never opens a window that would block a run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -262,12 +262,11 @@ def _duration(seconds: float) -> str:
 def save_plots(study: optuna.Study, folder: Path) -> dict[str, Path]:
     """Optimization history, parameter importances and intermediate values as PNG (matplotlib backend:
     plotly is not a dependency). A plot that cannot be drawn yet (e.g. too few trials) is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    from pipelines.core.io import pyplot
+
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     plots = {"history": ovm.plot_optimization_history, "importances": ovm.plot_param_importances,

@@ -114,9 +114,8 @@ def test_same_second_race_of_real_processes_loses_no_run(tmp_path):
 
 LOOP = textwrap.dedent("""
     import os, sys
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pipelines.core.io import pyplot
+    plt = pyplot()
     import pandas as pd
     from pipelines.core.records import RunRecord
     from submissions.writer import SubmissionSpec, write_run

@@ -337,11 +337,9 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
 
 def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarray, title: str):
     """Fold scores per model (every repeat's folds in a row), and OOF predicted vs true price (log axes)."""
-    import matplotlib
+    from pipelines.core.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, info in per_model.items():
         style = {"color": "black", "lw": 2.5} if name == "stack" else {}

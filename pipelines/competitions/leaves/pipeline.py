@@ -502,11 +502,9 @@ def _n_batches(n: int, cfg: LeavesConfig) -> int:
 
 # ---------------------------------------------------------------------------------------------- output
 def curves_figure(histories: dict[int, list[dict]]):
-    import matplotlib
+    from pipelines.core.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for fold, hist in histories.items():
         epochs = [h["epoch"] for h in hist]
@@ -525,12 +523,11 @@ def curves_figure(histories: dict[int, list[dict]]):
 
 
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
 
+    from pipelines.core.io import pyplot
+
+    plt = pyplot()
     cm = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
     side = min(20, 3 + 0.4 * len(classes))
     fig, ax = plt.subplots(figsize=(side, side))
