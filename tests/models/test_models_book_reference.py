@@ -262,7 +262,8 @@ def test_every_cnn_has_a_book_reference() -> None:
     assert set(BOOK) == set(models.list_models(module="cnn"))
 
 
-@pytest.mark.parametrize("name", sorted(BOOK))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("alexnet", "vgg11") else n
+                                  for n in sorted(BOOK)])  # two 47M / 129M-parameter nets at 224 px
 def test_cnn_matches_the_book(name: str) -> None:
     book_fn, side, kwargs = BOOK[name]
     torch.manual_seed(0)

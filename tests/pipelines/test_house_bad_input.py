@@ -62,7 +62,7 @@ def test_unseen_categories_and_all_nan_columns_are_handled(house_copy, tmp_path,
                                                      MSZoning="Martian", Alley=np.nan))
     _edit(house_copy, "train.csv", lambda f: f.assign(PoolQC=np.nan, LotFrontage=np.nan))
     for preset, models in (("strong", ["--models", "lasso,lgbm"]), ("d2l", [])):
-        assert _cli(house_copy, tmp_path / "out", "--preset", preset, "--folds", "3", *models) == 0
+        assert _cli(house_copy, tmp_path / "out", "--preset", preset, "--folds", "2", *models) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]
         assert last.startswith("submission: ")
         sub = pd.read_csv(last.removeprefix("submission: "))
