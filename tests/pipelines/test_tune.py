@@ -167,7 +167,14 @@ def test_sigkill_mid_trial_then_resume(postgres_url: str, tmp_path: Path) -> Non
             running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.intermediate_values]
             if running and finished(study):
                 worker.send_signal(signal.SIGKILL)
-                killed = running[0].number
+                worker.wait()
+                # the trial may have ended between the look and the kill: the one still RUNNING is the killed one
+                still = [t for t in load("kill", postgres_url).get_trials(states=(TrialState.RUNNING,))
+                         if t.intermediate_values]
+                if still:
+                    killed = still[0].number
+                else:  # killed between trials: start another worker and catch it inside the next one
+                    worker = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert killed is not None, "the worker never was inside a trial after finishing one"
     finally:
         if worker.poll() is None:
