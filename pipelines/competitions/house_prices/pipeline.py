@@ -231,86 +231,129 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     Every score is on every training row. ``write=False`` stops after the CV (a tuning trial's score);
     ``on_fold_end`` and ``feature_cache`` go to ``run_strong`` (strong preset only).
     """
+    check_run_config(cfg, write)
+    set_seed(cfg.seed)
+    start = time.perf_counter()
+    train, test = load(cfg.data_dir)
+    folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
+    outliers = outlier_mask(train)
+    cv = cv_models(cfg, train, test, folds, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
+    stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds)
+    summary = summarise(cfg, train, cv, stack, folds, outliers, start)
+    if not write:
+        return summary
+    return {**summary, "files": write_house_run(cfg, train, test, cv, stack, summary, folds, outliers)}
+
+
+def check_run_config(cfg: HousePricesConfig, write: bool) -> None:
+    """Refuse an unknown preset or ``--test-pred``, and an out-dir that cannot be written, before any work."""
     if cfg.preset not in PRESETS:
         raise PipelineError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
     if cfg.test_pred not in ("refit", "average"):
         raise PipelineError(f"--test-pred must be 'refit' or 'average', got {cfg.test_pred!r}")
     if write:
         check_writable_dir(Path(cfg.out_dir) / NAME)  # before the CV, not after it
-    set_seed(cfg.seed)
-    start = time.perf_counter()
-    train, test = load(cfg.data_dir)
-    folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
-    price = train[TARGET].to_numpy()
-    outliers = outlier_mask(train)
 
+
+@dataclass
+class ModelsCV:
+    """The preset's models through the CV: their per-repeat results, and their predictions as log prices."""
+
+    names: list[str]
+    results: dict[str, list[CVResult]]
+    log_oof: np.ndarray  # (repeats, rows, models) out-of-fold
+    log_test: np.ndarray  # (test rows, models): the refit, or every fold model's average
+
+
+def cv_models(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray,
+              outliers: np.ndarray, *, on_fold_end: FoldHook | None = None,
+              feature_cache: dict | None = None) -> ModelsCV:
+    """Run the preset's models on ``folds`` (d2l: the book's linear net; strong: the zoo) in log price."""
     if cfg.preset == "d2l":
         results = run_d2l(train, test, folds, cfg, ~outliers if fitted_without_outliers(cfg, ["linear"]) else None)
         to_price = lambda a: a  # noqa: E731 - d2l predicts the price itself
     else:
         results = run_strong(train, test, folds, cfg, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
         to_price = np.expm1
-
     names = list(results)
-    dropping = fitted_without_outliers(cfg, names)
-    # (repeats, rows, models) out-of-fold log prices; test: the refit (or every fold model's average)
     log_oof = np.stack([np.column_stack([_log(to_price(results[n][r].oof)) for n in names])
                         for r in range(cfg.repeats)])
     log_test = np.column_stack([_log(to_price(np.mean([res.test for res in results[n] if res.test is not None],
                                                       axis=0))) for n in names])
-    log_y = np.log(price)
-    stack = fit_stack(log_oof, log_y, folds)
-    stack_excl = fit_stack(log_oof, log_y, folds, mask=~outliers)  # the old headline, for comparison only
-    weights = stack["weights"]
-    blend_oof = np.exp(blending.blend(log_oof[0], weights))
-    blend_test = np.exp(blending.blend(log_test, weights))
-    cv_mean, cv_std = stack["cv_mean"], stack["cv_std"]
+    return ModelsCV(names, results, log_oof, log_test)
+
+
+def summarise(cfg: HousePricesConfig, train: pd.DataFrame, cv: ModelsCV, stack: dict, folds: np.ndarray,
+              outliers: np.ndarray, start: float) -> dict:
+    """The run's scores: the stack's all-rows CV (and, for comparison only, with the outliers unscored), each
+    model's, the stack weights and the outliers' out-of-fold errors."""
+    log_y = np.log(train[TARGET].to_numpy())
+    stack_excl = fit_stack(cv.log_oof, log_y, folds, mask=~outliers)  # the old headline, for comparison only
+    blend_oof = np.exp(blending.blend(cv.log_oof[0], stack["weights"]))
     seconds = time.perf_counter() - start
+    return {"cv_mean": stack["cv_mean"], "cv_std": stack["cv_std"], "rows": len(train),
+            "repeat_means": stack["repeat_means"], "cv_excluding_outliers": stack_excl["cv_mean"],
+            "outlier_policy": outlier_policy(cfg), "fitted_without_outliers": fitted_without_outliers(cfg, cv.names),
+            "models": per_model_scores(cv, log_y, folds, outliers, stack["weights"]),
+            "weights": dict(zip(cv.names, map(float, stack["weights"]), strict=True)), "seconds": seconds,
+            "outlier_errors": {int(i): float(e) for i, e in zip(train[ID][outliers],
+                                                                 (np.log(blend_oof) - log_y)[outliers], strict=True)}}
+
+
+def per_model_scores(cv: ModelsCV, log_y: np.ndarray, folds: np.ndarray, outliers: np.ndarray,
+                     weights: np.ndarray) -> dict[str, dict]:
+    """Each model's CV on every row and with the outliers unscored, its fit times and its stack weight."""
     per_model = {}
-    for i, n in enumerate(names):
-        scores = [s for res in results[n] for s in res.fold_scores]
-        excl = [blending.rmse(log_y[(f == k) & ~outliers], log_oof[r, (f == k) & ~outliers, i])
+    for i, n in enumerate(cv.names):
+        scores = [s for res in cv.results[n] for s in res.fold_scores]
+        excl = [blending.rmse(log_y[(f == k) & ~outliers], cv.log_oof[r, (f == k) & ~outliers, i])
                 for r, f in enumerate(folds) for k in np.unique(f)]
-        fold_seconds = [s for res in results[n] for s in res.fold_seconds]
+        fold_seconds = [s for res in cv.results[n] for s in res.fold_seconds]
         per_model[n] = {"cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)), "fold_scores": scores,
                         "cv_excluding_outliers": float(np.mean(excl)), "fold_seconds": fold_seconds,
                         "fit_seconds": float(np.mean(fold_seconds)), "weight": float(weights[i])}
-    summary = {"cv_mean": cv_mean, "cv_std": cv_std, "rows": len(train), "repeat_means": stack["repeat_means"],
-               "cv_excluding_outliers": stack_excl["cv_mean"], "outlier_policy": outlier_policy(cfg),
-               "fitted_without_outliers": dropping, "models": per_model,
-               "weights": dict(zip(names, map(float, weights), strict=True)), "seconds": seconds,
-               "outlier_errors": {int(i): float(e) for i, e in zip(train[ID][outliers], (np.log(blend_oof) - log_y)[
-                   outliers], strict=True)}}
-    if not write:
-        return summary
+    return per_model
 
-    submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: blend_test})
+
+def write_house_run(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, cv: ModelsCV, stack: dict,
+                    summary: dict, folds: np.ndarray, outliers: np.ndarray):
+    """The stack's submission, its OOF table (every model's column too), the record and the CV figure,
+    through the shared writer; returns the written files."""
+    price, weights = train[TARGET].to_numpy(), stack["weights"]
+    blend_oof = np.exp(blending.blend(cv.log_oof[0], weights))
+    submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: np.exp(blending.blend(cv.log_test, weights))})
+    per_model_oof = {f"oof_{n}": np.exp(cv.log_oof[0, :, i]) for i, n in enumerate(cv.names)}
     oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds[0], TARGET: price, "prediction": blend_oof,
-                              "scored": True, **{f"oof_{n}": np.exp(log_oof[0, :, i]) for i, n in enumerate(names)}})
+                              "scored": True, **per_model_oof})
+    spec = SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
+    figure = plot_run({**summary["models"], "stack": {"fold_scores": stack["fold_scores"]}}, price, blend_oof,
+                      outliers, f"{cfg.preset}: CV {summary['cv_mean']:.4f} on all rows")
+    record = house_record(cfg, train, stack, summary, folds, outliers)
+    return write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof_frame, figures={"cv": figure})
+
+
+def house_record(cfg: HousePricesConfig, train: pd.DataFrame, stack: dict, summary: dict, folds: np.ndarray,
+                 outliers: np.ndarray) -> RunRecord:
+    """The run record: config, seed, every repeat's fold ids, the scores and the outlier policy."""
     extra = {
         "repeat_means": stack["repeat_means"],
-        "cv_all_rows": cv_mean,
-        "cv_excluding_outliers": stack_excl["cv_mean"],
+        "cv_all_rows": summary["cv_mean"],
+        "cv_excluding_outliers": summary["cv_excluding_outliers"],
         "scored_rows": len(train),
         "excluded_from_score": [],
-        "outliers": {"ids": train[ID][outliers].tolist(), "policy": outlier_policy(cfg), "fitted_without": dropping,
-                     "oof_log_error": summary["outlier_errors"]},
+        "outliers": {"ids": train[ID][outliers].tolist(), "policy": outlier_policy(cfg),
+                     "fitted_without": summary["fitted_without_outliers"], "oof_log_error": summary["outlier_errors"]},
         "blend_weights": summary["weights"],
-        "models": per_model,
+        "models": summary["models"],
         **cfg.extra_record,
     }
-    record = RunRecord(
-        competition=NAME, preset=cfg.preset, cv_mean=cv_mean, metric="log_rmse", cv_std=cv_std,
+    return RunRecord(
+        competition=NAME, preset=cfg.preset, cv_mean=summary["cv_mean"], metric="log_rmse", cv_std=summary["cv_std"],
         fold_scores=stack["fold_scores"], seed=cfg.seed, config=asdict(cfg), data_dir=cfg.data_dir,
         folds={"strategy": "binned", "n_splits": cfg.folds, "n_repeats": cfg.repeats,
                "seeds": [cfg.seed + r for r in range(cfg.repeats)], "ids": folds[0], "repeats": folds},
-        kaggle_competition=KAGGLE_SLUG, timings={"total_s": seconds}, extra=extra,
+        kaggle_competition=KAGGLE_SLUG, timings={"total_s": summary["seconds"]}, extra=extra,
     )
-    spec = SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
-    figure = plot_run({**per_model, "stack": {"fold_scores": stack["fold_scores"]}}, price, blend_oof, outliers,
-                      f"{cfg.preset}: CV {cv_mean:.4f} on all rows")
-    files = write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof_frame, figures={"cv": figure})
-    return {**summary, "files": files}
 
 
 def _log(price: np.ndarray) -> np.ndarray:
