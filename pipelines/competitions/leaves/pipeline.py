@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,8 @@ from pipelines.core.errors import PipelineError
 from pipelines.core.records import REPO_ROOT, RunRecord, dumps
 
 if TYPE_CHECKING:
+    import torch
+
     from submissions.writer import RunFiles
 
 COMPETITION = "classify-leaves"
@@ -383,89 +385,122 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     tuner reports and prunes there). Returns ``valid``/``test`` probabilities of the plain view and
     ``valid_views``/``test_views`` of shape (views, rows, classes).
     """
-    import torch
-
-    from features.images import ImageDataset, eval_transform, train_transform, tta_views
-    from models.pretrained import input_stats
-    from pipelines.core.callbacks import EarlyStopping
-    from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
-    from pipelines.core.distributed import barrier, broadcast_value, is_main_process
+    from pipelines.core.checkpoint import load_checkpoint
+    from pipelines.core.distributed import barrier
     from pipelines.core.seed import set_seed
 
     set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
-    fold_dir = run_dir / f"fold{fold}"
     stop_idx = np.array([], dtype=int)
     if cfg.patience > 0:
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), cfg.seed * 1000 + fold)
-    train_set = [data.train_images[i] for i in train_idx]
-    n_train_batches = _n_batches(len(train_set), cfg)
-    trainer = build_trainer(cfg, len(data.classes), n_train_batches, device)
+    trainer = build_trainer(cfg, len(data.classes), _n_batches(len(train_idx), cfg), device)
+    loaders = fold_loaders(cfg, data, fold, trainer, train_idx, valid_idx, stop_idx, device)
+    epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
+    epochs.resume(trainer)
+    trainer.add_callback("on_epoch_end", epochs)
+    start = time.perf_counter()
+    trainer.fit(loaders.train, cfg.epochs - trainer.epoch)
+    train_seconds = time.perf_counter() - start
+    barrier()
+    chosen = load_checkpoint(epochs.best)
+    trainer.eval_model.load_state_dict(chosen["model"])
+    valid_views, test_views = (predict_views(trainer, loader, cfg.tta) for loader in (loaders.valid, loaders.test))
+    return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
+            "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
+            "n_fit": len(train_idx), "n_stop": len(stop_idx)}
+
+
+class FoldLoaders(NamedTuple):
+    train: object  # augmented, seeded per sample (features.images.SeededSampler)
+    valid: object  # the fold's rows: reported every epoch, scored at the end
+    stop: object | None  # the inner split early stopping watches (``patience`` > 0)
+    test: object
+
+
+def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, trainer, train_idx, valid_idx, stop_idx,
+                 device) -> FoldLoaders:
+    """The fold's loaders, normalised with the mean/std the model expects."""
+    from features.images import ImageDataset, eval_transform, train_transform
+    from models.pretrained import input_stats
+
     mean, std = input_stats(trainer.module)
     evaluate = eval_transform(data.img_size, mean, std)
-    train_loader = make_loader(
-        ImageDataset(train_set, data.y[train_idx],
-                     train_transform(data.img_size, mean, std, auto_augment=cfg.auto_augment,
-                                     scale=(cfg.crop_scale, 1.0), rotation=cfg.rotation, jitter=cfg.jitter)),
-        cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
+    augment = train_transform(data.img_size, mean, std, auto_augment=cfg.auto_augment, scale=(cfg.crop_scale, 1.0),
+                              rotation=cfg.rotation, jitter=cfg.jitter)
+    train = make_loader(ImageDataset([data.train_images[i] for i in train_idx], data.y[train_idx], augment),
+                        cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
 
     def eval_loader(idx):
         images = [data.train_images[i] for i in idx]
         return make_loader(ImageDataset(images, data.y[idx], evaluate), cfg, train=False, seed=0, device=device)
 
-    valid_loader = eval_loader(valid_idx)
-    stop_loader = eval_loader(stop_idx) if len(stop_idx) else None
-    test_loader = make_loader(ImageDataset(data.test_images, None, evaluate), cfg, train=False, seed=0,
-                              device=device)
+    test = make_loader(ImageDataset(data.test_images, None, evaluate), cfg, train=False, seed=0, device=device)
+    return FoldLoaders(train, eval_loader(valid_idx), eval_loader(stop_idx) if len(stop_idx) else None, test)
 
-    stopper, history = EarlyStopping(cfg.patience, mode="max"), []
-    last, best = fold_dir / "last.pt", fold_dir / "best.pt"
-    if last.exists():
-        state = load_checkpoint(last)
+
+class FoldEpochs:
+    """A fold's ``on_epoch_end``: score the fold's rows (reported, never used to choose), early-stop on the
+    inner split, log, and checkpoint: ``best.pt`` holds the weights that will score the fold, ``last.pt``
+    everything a killed run needs to continue exactly."""
+
+    def __init__(self, cfg: LeavesConfig, fold: int, classes: list[str], loaders: FoldLoaders, fold_dir: Path,
+                 on_epoch: Callable[[int, float], None] | None):
+        from pipelines.core.callbacks import EarlyStopping
+
+        self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
+        self.last, self.best = fold_dir / "last.pt", fold_dir / "best.pt"
+        self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
+
+    def resume(self, trainer) -> None:
+        """Continue from ``last.pt`` if a killed run left one."""
+        from pipelines.core.checkpoint import load_checkpoint
+
+        if not self.last.exists():
+            return
+        state = load_checkpoint(self.last)
         trainer.load_state_dict(state["trainer"])
-        stopper.load_state_dict(state["early_stopping"])
-        history = state["history"]
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.history = state["history"]
         trainer.should_stop = state["finished"]
-        say(f"fold {fold}: resumed after epoch {trainer.epoch}")
+        say(f"fold {self.fold}: resumed after epoch {trainer.epoch}")
 
-    def on_epoch_end(tr, stats):
+    def __call__(self, tr, stats: dict) -> None:
+        from pipelines.core.checkpoint import save_checkpoint
+        from pipelines.core.distributed import barrier, broadcast_value, is_main_process
+
         if not np.isfinite(stats["loss"]):
-            raise PipelineError(f"fold {fold} diverged at epoch {tr.epoch} (loss is NaN); lower --lr")
-        metrics = tr.evaluate(valid_loader)  # reported, never used to choose
+            raise PipelineError(f"fold {self.fold} diverged at epoch {tr.epoch} (loss is NaN); lower --lr")
+        metrics = tr.evaluate(self.loaders.valid)  # reported, never used to choose
         chosen = True  # patience 0: the latest weights are the ones that score the fold
-        if stop_loader is not None:
-            metrics["stop_acc"] = tr.evaluate(stop_loader)["val_acc"]
-            chosen = stopper.step(broadcast_value(metrics["stop_acc"]))
-            tr.should_stop = stopper.should_stop
-        history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
+        if self.loaders.stop is not None:
+            metrics["stop_acc"] = tr.evaluate(self.loaders.stop)["val_acc"]
+            chosen = self.stopper.step(broadcast_value(metrics["stop_acc"]))
+            tr.should_stop = self.stopper.should_stop
+        self.history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
         stop = f" stop_acc {metrics['stop_acc']:.4f}" if "stop_acc" in metrics else ""
-        say(f"fold {fold} epoch {tr.epoch}/{cfg.epochs}: loss {stats['loss']:.3f} acc {stats.get('acc', 0):.3f} "
-            f"val_loss {metrics['val_loss']:.3f} val_acc {metrics['val_acc']:.4f}{stop} "
+        say(f"fold {self.fold} epoch {tr.epoch}/{self.cfg.epochs}: loss {stats['loss']:.3f} "
+            f"acc {stats.get('acc', 0):.3f} val_loss {metrics['val_loss']:.3f} val_acc {metrics['val_acc']:.4f}{stop} "
             f"({stats['samples_per_s']:.0f} img/s)")
         if is_main_process():
             if chosen:
-                save_checkpoint(best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
-                                       "classes": data.classes})
-            save_checkpoint(last, {"trainer": tr.state_dict(), "early_stopping": stopper.state_dict(),
-                                   "history": history, "finished": tr.should_stop or tr.epoch >= cfg.epochs})
+                save_checkpoint(self.best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
+                                            "classes": self.classes})
+            save_checkpoint(self.last, {"trainer": tr.state_dict(), "early_stopping": self.stopper.state_dict(),
+                                        "history": self.history,
+                                        "finished": tr.should_stop or tr.epoch >= self.cfg.epochs})
         barrier()
-        if on_epoch is not None:
-            on_epoch(tr.epoch, metrics["val_acc"])
+        if self.on_epoch is not None:
+            self.on_epoch(tr.epoch, metrics["val_acc"])
 
-    trainer.add_callback("on_epoch_end", on_epoch_end)
-    start = time.perf_counter()
-    trainer.fit(train_loader, cfg.epochs - trainer.epoch)
-    train_seconds = time.perf_counter() - start
-    barrier()
-    chosen = load_checkpoint(best)
-    trainer.eval_model.load_state_dict(chosen["model"])
 
-    def view_probs(loader) -> np.ndarray:
-        return torch.stack([trainer.predict(loader, transform=v).softmax(1) for v in tta_views(cfg.tta)]).numpy()
+def predict_views(trainer, loader, n_views: int) -> np.ndarray:
+    """Softmax probabilities of ``loader``'s rows in each of the first ``n_views`` test-time views:
+    (views, rows, classes)."""
+    import torch
 
-    valid_views, test_views = view_probs(valid_loader), view_probs(test_loader)
-    return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
-            "history": history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
-            "n_fit": len(train_idx), "n_stop": len(stop_idx)}
+    from features.images import tta_views
+
+    return torch.stack([trainer.predict(loader, transform=v).softmax(1) for v in tta_views(n_views)]).numpy()
 
 
 def choose_tta(valid_views: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:
@@ -580,13 +615,29 @@ def run(args: argparse.Namespace) -> int:
 
 def run_config(cfg: LeavesConfig) -> RunFiles | None:
     """The whole run; returns the paths it wrote (``None`` on the ranks other than 0, which write nothing)."""
-    from models.pretrained import weights_record
-    from pipelines.core.cv import cross_validate, make_folds
-    from pipelines.core.distributed import default_device, init_distributed, is_main_process, world
-    from pipelines.core.seed import set_seed
-    from submissions.writer import SubmissionSpec, write_run
+    from pipelines.core.cv import make_folds
+    from pipelines.core.distributed import is_main_process
 
     t0 = time.perf_counter()
+    cfg, run_dir, device, data, weights = prepare_run(cfg)
+    load_seconds = time.perf_counter() - t0
+    folds = make_folds(data.y, cfg.folds, strategy="stratified", seed=cfg.seed)
+    result, fold_info, tta = cross_validate_folds(cfg, data, folds, run_dir, device)
+    if not is_main_process():
+        return None
+    files = write_leaves_run(cfg, data, folds, result, fold_info, tta, weights=weights, device=device,
+                             run_dir=run_dir, started=t0, load_seconds=load_seconds)
+    print(f"submission: {files.submission}", flush=True)
+    return files
+
+
+def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, LeafData, dict]:
+    """Everything before training: the process group, the run folder (saved config on ``--resume``), the
+    checks, the seed, the starting weights' origin (fails before the data loads) and the data."""
+    from models.pretrained import weights_record
+    from pipelines.core.distributed import default_device, init_distributed, is_main_process, world
+    from pipelines.core.seed import set_seed
+
     init_distributed()
     cfg, run_dir = open_run_dir(cfg)
     check_config(cfg)
@@ -596,15 +647,23 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
         raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
     data = load_data(cfg, device)
-    load_seconds = time.perf_counter() - t0
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(dumps(dataclasses.asdict(cfg)))
         (run_dir / "classes.json").write_text(dumps({"classes": data.classes}))
     say(f"{len(data.train)} train / {len(data.test)} test images, {len(data.classes)} classes, "
         f"{data.img_size} px, {cfg.model} on {device} x{world()[1]}; run {run_dir}")
+    return cfg, run_dir, device, data, weights
 
-    folds = make_folds(data.y, cfg.folds, strategy="stratified", seed=cfg.seed)
+
+def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, run_dir: Path, device):
+    """Train every fold (or ``--fold`` alone), then choose the test-time views cross-fitted on the OOF rows.
+
+    Returns the CV result (OOF and test probabilities in the chosen views, per-fold accuracy), each fold's
+    :func:`fit_fold` output, and the view choice (:func:`choose_tta`).
+    """
+    from pipelines.core.cv import cross_validate
+
     fold_info: dict[int, dict] = {}
 
     def fit_predict(train_idx, valid_idx, fold):
@@ -621,6 +680,7 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
     for k, info in fold_info.items():
         views[:, folds == k] = info["valid_views"]
     tta = choose_tta(views[:, trained], data.y[trained], folds[trained])
+    tta["views_tried"] = len(views)
     result.oof[trained] = tta["oof"]
     result.fold_scores = [accuracy(data.y[folds == k], result.oof[folds == k]) for k in sorted(fold_info)]
     result.test = np.mean([info["test_views"][: tta["test"]].mean(0) for info in fold_info.values()], axis=0)
@@ -629,10 +689,18 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
     say("fold accuracies: " + ", ".join(f"{k}: {s:.4f}" for k, s in zip(sorted(fold_info), result.fold_scores,
                                                                          strict=True)))
     say(f"cv accuracy: {result.mean:.4f} +- {result.std:.4f}")
-    if not is_main_process():
-        return None
+    return result, fold_info, tta
+
+
+def write_leaves_run(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, fold_info: dict[int, dict],
+                     tta: dict, *, weights: dict, device, run_dir: Path, started: float,
+                     load_seconds: float) -> RunFiles:
+    """The submission (argmax of the test probabilities), the OOF table with every class's probability, the
+    test probabilities a blend needs, the record and the figures, through the shared writer."""
+    from submissions.writer import SubmissionSpec, write_run
 
     classes = np.asarray(data.classes)
+    trained = np.isin(folds, sorted(fold_info))
     submission = pd.DataFrame({"image": data.test["image"], "label": classes[result.test.argmax(1)]})
     spec = SubmissionSpec(COMPETITION, ["image", "label"], ids=data.test["image"], labels=set(data.classes),
                           numeric=False)
@@ -645,6 +713,20 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
     # of several runs needs them (``python -m pipelines blend``)
     test_probs = pd.concat([data.test[["image"]].reset_index(drop=True),
                             pd.DataFrame(result.test, columns=prob_columns)], axis=1)
+    record = leaves_record(cfg, data, folds, result, fold_info, tta, weights=weights, device=device,
+                           run_dir=run_dir, timings={"load_s": load_seconds, "fold_s": result.fold_seconds,
+                                                     "total_s": time.perf_counter() - started})
+    figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
+               "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}
+    return write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof, figures=figures,
+                     tables={"test_probs": test_probs})
+
+
+def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, fold_info: dict[int, dict],
+                  tta: dict, *, weights: dict, device, run_dir: Path, timings: dict) -> RunRecord:
+    """The run record: config, seed, fold ids, scores, the starting weights, the epoch and view choices."""
+    from pipelines.core.distributed import world
+
     extra = {
         "weights": weights,  # where the starting weights came from, with their SHA-256
         "data": {"dir": str(data.root), "source": data.source, "n_train": len(data.train),
@@ -653,7 +735,7 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
         "trained_folds": sorted(fold_info),
         "epoch_choice": epoch_choice(cfg),
         "fold_epochs_used": {k: v["epoch_used"] for k, v in fold_info.items()},
-        "tta": {"views_tried": len(views), "oof_accuracy_by_views": tta["oof_accuracy"],
+        "tta": {"views_tried": tta["views_tried"], "oof_accuracy_by_views": tta["oof_accuracy"],
                 "views_per_fold": tta["per_fold"], "views_test": tta["test"],
                 "rule": "each fold's rows use the view count best on the other folds' rows; test: best on all"},
         "history": {k: v["history"] for k, v in fold_info.items()},
@@ -662,19 +744,12 @@ def run_config(cfg: LeavesConfig) -> RunFiles | None:
         "run_dir": str(run_dir),
         **cfg.extra_record,
     }
-    record = RunRecord(
+    return RunRecord(
         competition=COMPETITION, preset=cfg.model, cv_mean=result.mean, metric="accuracy", cv_std=result.std,
         fold_scores=result.fold_scores, seed=cfg.seed, config=dataclasses.asdict(cfg), data_dir=str(data.root),
         folds={"strategy": "stratified", "n_splits": cfg.folds, "ids": folds}, kaggle_competition=COMPETITION,
-        timings={"load_s": load_seconds, "fold_s": result.fold_seconds, "total_s": time.perf_counter() - t0},
-        extra=extra,
+        timings=timings, extra=extra,
     )
-    figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
-               "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}
-    files = write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof, figures=figures,
-                      tables={"test_probs": test_probs})
-    print(f"submission: {files.submission}", flush=True)
-    return files
 
 
 def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
