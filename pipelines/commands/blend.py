@@ -223,7 +223,7 @@ def blend_leaves(runs: list[Run]) -> dict:
     test_probs = np.stack([t[columns].to_numpy(float) for t in tests], axis=1)
 
     def scored(probs: np.ndarray) -> dict:
-        acc = [leaves_accuracy(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
+        acc = [blending.accuracy(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
         loss = [blending.log_loss(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
         return {"cv_mean": float(np.mean(acc)), "cv_std": float(np.std(acc)), "fold_scores": acc,
                 "log_loss": float(np.mean(loss)), "log_loss_std": float(np.std(loss)), "fold_log_loss": loss}
@@ -247,11 +247,6 @@ def blend_leaves(runs: list[Run]) -> dict:
         "oof": pd.concat([oof, pd.DataFrame(blend_oof, columns=columns)], axis=1),
         "test_probs": pd.concat([tests[0][["image"]], pd.DataFrame(blend_test, columns=columns)], axis=1),
     }
-
-
-def leaves_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    """Accuracy of the probabilities' argmax (the classification competitions' metric)."""
-    return float(np.mean(np.asarray(probs).argmax(1) == np.asarray(y)))
 
 
 def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.metrics import root_mean_squared_error
+from sklearn.metrics import accuracy_score, root_mean_squared_error
 
 
 def rmse(y: np.ndarray, p: np.ndarray) -> float:
@@ -27,6 +27,11 @@ def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-probability of the true class; ``probs`` is (rows, classes), ``y`` class indices."""
     picked = np.asarray(probs, float)[np.arange(len(y)), np.asarray(y, int)]
     return float(-np.mean(np.log(np.clip(picked, 1e-15, None))))
+
+
+def accuracy(y: np.ndarray, probs: np.ndarray) -> float:
+    """scikit-learn's accuracy of the most probable class; ``probs`` is (rows, classes), ``y`` class indices."""
+    return float(accuracy_score(np.asarray(y), np.asarray(probs).argmax(1)))
 
 
 def fit_simplex_weights(

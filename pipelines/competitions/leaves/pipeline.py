@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
+from pipelines.core.blending import accuracy  # the competition's metric
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import REPO_ROOT, RunRecord, dumps
 
@@ -750,10 +751,3 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
         folds={"strategy": "stratified", "n_splits": cfg.folds, "ids": folds}, kaggle_competition=COMPETITION,
         timings=timings, extra=extra,
     )
-
-
-def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """The competition's metric: the share of rows whose most probable class is the true one."""
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(np.asarray(y_true), np.asarray(probs).argmax(1)))
