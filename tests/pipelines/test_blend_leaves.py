@@ -39,7 +39,8 @@ def _probs(path: Path, classes: list[str]) -> np.ndarray:
 
 def test_blend_of_two_leaves_runs_writes_a_submission_and_an_honest_record(two_leaves_runs, capsys):
     root, records = two_leaves_runs
-    assert main(["blend", str(records[0]), str(records[1]), "--out-dir", str(root / "subs")]) == 0
+    probs_file = records[1].with_name(records[1].stem + "_test_probs.csv")  # any of a run's files names it
+    assert main(["blend", str(records[0]), str(probs_file), "--out-dir", str(root / "subs")]) == 0
     printed = capsys.readouterr().out
     assert "blend (cross-fitted)" in printed and "log-loss" in printed
     sub_path = Path(printed.strip().splitlines()[-1].removeprefix("submission: "))
