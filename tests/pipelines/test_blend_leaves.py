@@ -24,11 +24,11 @@ def two_leaves_runs(tmp_path_factory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("leaves-blend")
     data = generate_leaves(root / "data", n_species=3, n_train=24, n_test=6, size=32, seed=1)
     records = []
-    for i, lr in enumerate(("1e-3", "3e-3")):
-        out = root / f"subs{i}"
+    out = root / "subs"  # one folder: two runs finishing in the same second get distinct stems (-2)
+    for lr in ("1e-3", "3e-3"):
         assert main(["leaves", "--data-dir", str(data), "--out-dir", str(out), "--runs-dir", str(root / "runs"),
                      "--lr", lr, *TINY]) == 0
-        (record,) = (out / "classify-leaves").glob("*.json")
+        (record,) = set((out / "classify-leaves").glob("*.json")) - set(records)
         records.append(record)
     return root, records
 
