@@ -99,7 +99,7 @@ class HuberLasso(RegressorMixin, BaseEstimator):
     ``k = 1.345`` is the textbook constant (95 % efficiency on Gaussian noise).
     """
 
-    def __init__(self, alpha: float = 0.0005, k: float = 1.345, rounds: int = 3, max_iter: int = 50_000,
+    def __init__(self, alpha: float = 0.0002, k: float = 1.345, rounds: int = 3, max_iter: int = 50_000,
                  random_state: int | None = None):
         self.alpha, self.k, self.rounds, self.max_iter, self.random_state = alpha, k, rounds, max_iter, random_state
 
@@ -146,7 +146,7 @@ class _OneThread(RegressorMixin):
 # name -> (factory(seed, **params), default params)
 STRONG_MODELS: dict[str, tuple[Callable[..., RegressorMixin], dict]] = {
     "lasso": (lambda seed, **p: Lasso(random_state=seed, max_iter=50_000, **p), {"alpha": 0.0005}),
-    "huber_lasso": (lambda seed, **p: HuberLasso(random_state=seed, **p), {"alpha": 0.0005, "k": 1.345}),
+    "huber_lasso": (lambda seed, **p: HuberLasso(random_state=seed, **p), {"alpha": 0.0002, "k": 1.345}),
     "enet": (lambda seed, **p: ElasticNet(random_state=seed, max_iter=50_000, **p), {"alpha": 0.0006, "l1_ratio": 0.8}),
     "ridge": (lambda seed, **p: Ridge(**p), {"alpha": 10.0}),
     "krr": (lambda seed, **p: KernelRidge(kernel="polynomial", **p), {"alpha": 0.6, "degree": 2, "coef0": 2.5}),
