@@ -200,11 +200,12 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
     packaged = PACKAGED[name]
     origin = resolve_weights(name)
     cached = cache_dir() / f"{name}-{origin.sha256[:12]}.pth"
-    if cached.exists():
-        return torch.load(cached, map_location="cpu", weights_only=True)
     import timm
+    from timm.models import load_state_dict  # the one reader of weight files (here and read_weights_file)
 
-    original = torch.load(origin.path, map_location="cpu", weights_only=True)
+    if cached.exists():
+        return load_state_dict(str(cached))
+    original = load_state_dict(str(origin.path))
     template = timm.create_model(name, pretrained=False, num_classes=packaged.num_classes).state_dict()
     converted = convert_in_order(original, template)
     with atomic_write(cached, "wb") as fh:  # parallel runs (DDP ranks) never read a half-written file
