@@ -96,7 +96,8 @@ class HuberLasso(RegressorMixin, BaseEstimator):
     weight ``k * s / |residual|``: the Huber loss's, so it pulls the fit linearly rather than quadratically.
     The model is fitted on every row: the two huge partial sales neither tilt the fit for every house
     (as they tilt a plain Lasso) nor are thrown away, and nothing needs to know which rows they are.
-    ``k = 1.345`` is the textbook constant (95 % efficiency on Gaussian noise).
+    ``k = 1.345`` is the textbook constant (95 % efficiency on Gaussian noise); the preset's 0.7 scored
+    better on the repeated all-rows CV (0.5-1.0 are alike there).
     """
 
     def __init__(self, alpha: float = 0.0002, k: float = 1.345, rounds: int = 3, max_iter: int = 50_000,
@@ -146,7 +147,7 @@ class _OneThread(RegressorMixin):
 # name -> (factory(seed, **params), default params)
 STRONG_MODELS: dict[str, tuple[Callable[..., RegressorMixin], dict]] = {
     "lasso": (lambda seed, **p: Lasso(random_state=seed, max_iter=50_000, **p), {"alpha": 0.0005}),
-    "huber_lasso": (lambda seed, **p: HuberLasso(random_state=seed, **p), {"alpha": 0.0002, "k": 1.345}),
+    "huber_lasso": (lambda seed, **p: HuberLasso(random_state=seed, **p), {"alpha": 0.0002, "k": 0.7}),
     "enet": (lambda seed, **p: ElasticNet(random_state=seed, max_iter=50_000, **p), {"alpha": 0.0006, "l1_ratio": 0.8}),
     "ridge": (lambda seed, **p: Ridge(**p), {"alpha": 10.0}),
     "krr": (lambda seed, **p: KernelRidge(kernel="polynomial", **p), {"alpha": 0.6, "degree": 2, "coef0": 2.5}),
@@ -157,7 +158,7 @@ STRONG_MODELS: dict[str, tuple[Callable[..., RegressorMixin], dict]] = {
     "xgb": (_xgb, {"n_estimators": 1500, "learning_rate": 0.02, "max_depth": 3, "min_child_weight": 2,
                    "subsample": 0.7, "colsample_bytree": 0.3, "reg_lambda": 1.0, "max_bin": 64}),
     "catboost": (_catboost, {"iterations": 1500, "learning_rate": 0.04, "depth": 5, "l2_leaf_reg": 3.0,
-                             "rsm": 0.3, "border_count": 64, "seeds": 2}),  # 2 seeds: 5x5 CV 0.1177 -> 0.1173
+                             "rsm": 0.3, "border_count": 64, "seeds": 3}),  # 3 seeds (3x5 stack CV 0.11755 -> 0.11739)
     "hgb": (_hgb, {"max_iter": 1000, "learning_rate": 0.03, "max_leaf_nodes": 8, "min_samples_leaf": 8,
                    "l2_regularization": 1.0, "max_features": 0.3, "max_bins": 63}),
     "extra": (_extra, {"n_estimators": 300, "max_features": 0.3, "min_samples_leaf": 1}),
