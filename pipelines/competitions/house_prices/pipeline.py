@@ -27,18 +27,17 @@ import numpy as np
 import pandas as pd
 
 from features.house import NUMERIC_COLUMNS, d2l_features
+from pipelines.competitions.house_prices import COMPETITION
 from pipelines.core import blending
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import check_numeric, check_unique, md5, read_csv
-from pipelines.core.records import REPO_ROOT, RunRecord
+from pipelines.core.records import RunRecord
 from pipelines.core.seed import set_seed
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
-NAME = "house-prices"
-KAGGLE_SLUG = "house-prices-advanced-regression-techniques"
+NAME, KAGGLE_SLUG, DEFAULT_DIR = COMPETITION.name, COMPETITION.kaggle_slug, COMPETITION.default_data  # registered once
 ID, TARGET = "Id", "SalePrice"
-DEFAULT_DIR = REPO_ROOT / "data" / "house-prices"
 SHIPPED_MD5 = {"train.csv": "80ccab65fb115cbad143dbbd2bcd5577", "test.csv": "dcec4b79bf9c7317bd9e17789bf888f0"}
 PRESETS = ("d2l", "strong")
 # leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: the smooth

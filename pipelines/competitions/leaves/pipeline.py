@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
+from pipelines.competitions.leaves import COMPETITION as LEAVES
 from pipelines.core.blending import accuracy  # the competition's metric
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import REPO_ROOT, RunRecord, dumps
@@ -41,8 +42,7 @@ if TYPE_CHECKING:
 
     from submissions.writer import RunFiles
 
-COMPETITION = "classify-leaves"
-DEFAULT_DATA = REPO_ROOT / "data" / "classify-leaves"
+COMPETITION, DEFAULT_DATA = LEAVES.name, LEAVES.default_data  # registered once, in this package's __init__
 # CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
 # 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 112 px
 # (the 2-core CPU budget: 3 folds x 10 epochs of 2,000 images in about 20 min)
@@ -183,7 +183,7 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
 
         if is_main_process():
             say(f"downloading {COMPETITION} with the kaggle client ({creds.describe()}) into {DEFAULT_DATA}")
-            kaggle_client.download(COMPETITION, DEFAULT_DATA, creds)
+            kaggle_client.download(LEAVES.kaggle_slug, DEFAULT_DATA, creds)
         barrier()
         return DEFAULT_DATA, "kaggle"
     from pipelines.competitions.leaves.leafgen import VERSION, generate_leaves
@@ -748,6 +748,6 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
     return RunRecord(
         competition=COMPETITION, preset=cfg.model, cv_mean=result.mean, metric="accuracy", cv_std=result.std,
         fold_scores=result.fold_scores, seed=cfg.seed, config=dataclasses.asdict(cfg), data_dir=str(data.root),
-        folds={"strategy": "stratified", "n_splits": cfg.folds, "ids": folds}, kaggle_competition=COMPETITION,
+        folds={"strategy": "stratified", "n_splits": cfg.folds, "ids": folds}, kaggle_competition=LEAVES.kaggle_slug,
         timings=timings, extra=extra,
     )
