@@ -252,10 +252,7 @@ def blend_leaves(runs: list[Run]) -> dict:
 def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
     """Write a leaves blend as a run of its own (preset ``blend``): submission, record, cross-fitted OOF
     probabilities and the blended test probabilities (so the blend is itself a leaves run)."""
-    from submissions.writer import write_run
-
     first = runs[0].record
-    competition = get_competition(runs[0].competition)
     names = [r.stem for r in runs]
     extra = {
         "data": first.extra.get("data"),
@@ -267,23 +264,14 @@ def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seco
         "fold_weights": {k: dict(zip(names, map(float, w), strict=True)) for k, w in out["fold_weights"].items()},
         "trained_folds": sorted(set(first.fold_ids)),
     }
-    record = RunRecord(
-        competition=competition.name, preset="blend", cv_mean=out["cv_mean"], metric=competition.metric,
-        cv_std=out["cv_std"], fold_scores=out["fold_scores"], folds=first.folds, seed=seed,
-        config={"preset": "blend", "inputs": names, "weights_fitted_on": "out-of-fold log-loss", "seed": seed},
-        data_dir=first.data_dir, kaggle_competition=first.kaggle_competition or competition.kaggle_slug,
-        timings={"total_s": seconds}, extra=extra,
-    )
-    spec = competition.build_spec(first.data_dir)
-    return write_run(out["submission"], spec, out_dir=out_dir, record=record, oof=out["oof"],
-                     tables={"test_probs": out["test_probs"]})
+    config = {"preset": "blend", "inputs": names, "weights_fitted_on": "out-of-fold log-loss", "seed": seed}
+    return write_blend_run(runs, out, out_dir, seed, seconds, config=config, extra=extra,
+                           tables={"test_probs": out["test_probs"]})
+
 
 def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
-    """Write the blend as a run of its own through the shared writer (preset ``blend``)."""
-    from submissions.writer import write_run
-
+    """Write a regression blend as a run of its own (preset ``blend``)."""
     first = runs[0].record
-    competition = get_competition(runs[0].competition)
     extra = {
         "cv_all_rows": out["cv_all_rows"],
         "scored_rows": out["scored_rows"],
@@ -292,16 +280,26 @@ def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: fl
         "models": {i["run"]: {k: i[k] for k in ("cv_mean", "cv_std", "fold_scores", "weight", "recorded_cv")}
                    for i in out["inputs"]},
     }
+    config = {"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": first.data_dir,
+              "space": get_competition(runs[0].competition).blend.space, "seed": seed}
+    return write_blend_run(runs, out, out_dir, seed, seconds, config=config, extra=extra)
+
+
+def write_blend_run(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float, *, config: dict,
+                    extra: dict, tables: dict | None = None):
+    """The record every blend shares (its inputs' folds, data and competition), written by the shared writer."""
+    from submissions.writer import write_run
+
+    first = runs[0].record
+    competition = get_competition(runs[0].competition)
     record = RunRecord(
         competition=competition.name, preset="blend", cv_mean=out["cv_mean"], metric=competition.metric,
-        cv_std=out["cv_std"], fold_scores=out["fold_scores"], folds=first.folds, seed=seed,
-        config={"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": first.data_dir,
-                "space": competition.blend.space, "seed": seed},
+        cv_std=out["cv_std"], fold_scores=out["fold_scores"], folds=first.folds, seed=seed, config=config,
         data_dir=first.data_dir, kaggle_competition=first.kaggle_competition or competition.kaggle_slug,
         timings={"total_s": seconds}, extra=extra,
     )
     spec = competition.build_spec(first.data_dir)
-    return write_run(out["submission"], spec, out_dir=out_dir, record=record, oof=out["oof"])
+    return write_run(out["submission"], spec, out_dir=out_dir, record=record, oof=out["oof"], tables=tables)
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
