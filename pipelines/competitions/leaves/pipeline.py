@@ -214,14 +214,27 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> int:
-    """``--img-size``, else 224 on CUDA, else the images' median side (multiple of 16) within ``CPU_SIZES``."""
+    """``--img-size``; else on CUDA the size the backbone was pretrained at (timm's ``input_size``: lite0 224,
+    lite1 240, lite2 260; 224 for a model timm does not know), as a timm user would fine-tune it; else (CPU) the
+    images' median side (multiple of 16) within ``CPU_SIZES``."""
     if cfg.img_size:
         return cfg.img_size
     if device.type == "cuda":
-        return 224
+        return pretrained_side(cfg.model) or 224
     from features.images import median_side
 
     return int(np.clip(round(median_side(paths) / 16) * 16, *CPU_SIZES))
+
+
+def pretrained_side(model_name: str) -> int | None:
+    """The side of timm's default pretrained config for ``model_name``; None for a model timm has no config for."""
+    import timm
+
+    try:
+        pretrained = timm.models.get_pretrained_cfg(model_name)
+    except (RuntimeError, ValueError):
+        return None
+    return int(pretrained.input_size[-1]) if pretrained and pretrained.input_size else None
 
 
 def fit_size_to_model(model_name: str, size: int) -> int:
