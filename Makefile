@@ -26,7 +26,8 @@ leaves: $(STAMP)  ## Classify Leaves: fine-tune efficientnet-lite0, 3-fold CV + 
 	$(PY) -m pipelines leaves $(ARGS)
 
 MODELS ?= tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2
-leaves-ensemble: $(STAMP)  ## train each of MODELS (same folds and seed; ARGS go to each), then blend them on OOF log-loss
+WEIGHTS ?= fit
+leaves-ensemble: $(STAMP)  ## train each of MODELS (same folds and seed; ARGS go to each), then blend them (WEIGHTS=fit|equal)
 	@runs=""; for m in $(MODELS); do \
 	  log=$$(mktemp); \
 	  $(PY) -m pipelines leaves --model $$m $(ARGS) 2>&1 | tee $$log; \
@@ -34,7 +35,7 @@ leaves-ensemble: $(STAMP)  ## train each of MODELS (same folds and seed; ARGS go
 	  test -n "$$run" || { echo "error: leaves --model $$m wrote no run, nothing blended"; exit 2; }; \
 	  runs="$$runs $$run"; \
 	done; \
-	$(PY) -m pipelines blend $$runs --out-dir "$$(dirname "$$(dirname "$$run")")"
+	$(PY) -m pipelines blend $$runs --weights $(WEIGHTS) --out-dir "$$(dirname "$$(dirname "$$run")")"
 
 submit: $(STAMP)  ## validate FILE and send it to Kaggle: make submit FILE=submissions/... MESSAGE="..." (ARGS=--dry-run)
 	@test -n "$(FILE)" || { echo 'usage: make submit FILE=<run>.csv MESSAGE="..." [ARGS=--dry-run]'; exit 2; }

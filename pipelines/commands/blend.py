@@ -13,6 +13,11 @@ older runs whose records left the two outliers out of scoring (their OOF files' 
 (smooth, unlike accuracy), the blended test probabilities' argmax is the submission, and the cross-fitted
 CV is reported as accuracy (the competition's metric) and log-loss, for every input and for the blend.
 
+``--weights equal`` (either kind) fits nothing: every run weighs 1/n, the blend's OOF and test predictions are
+the plain mean of the runs' (in the metric's space), so its CV needs no cross-fitting. With the default
+``--weights fit`` the table also shows equal weights' CV on the same folds, so one sees whether fitting paid
+(on ELPV and the synthetic leaves set equal weights had the better accuracy, inside the noise, README).
+
 Runs must share the competition, the training ids, the fold of every row and the test set (leaves: also
 the test ids and the class list); anything else is refused with one line.
 """
@@ -102,26 +107,36 @@ def base_columns(oof: pd.DataFrame, spec: BlendSpec) -> np.ndarray:
     return space_columns(oof, columns if len(columns) > 1 else ["prediction"], spec)
 
 
+WEIGHTS = ("fit", "equal")  # ``--weights``: fitted on out-of-fold predictions, or 1/n (nothing fitted)
+
+
+def blend_weights(mode: str, preds: np.ndarray, y: np.ndarray, loss=blending.rmse) -> np.ndarray:
+    """The blend's weights on every row: ``fit`` minimises ``loss`` on the simplex, ``equal`` is 1/n."""
+    n = preds.shape[1]
+    return blending.fit_simplex_weights(preds, y, loss) if mode == "fit" else np.full(n, 1.0 / n)
+
+
 def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
-                               mask: np.ndarray) -> list[float]:
+                               mask: np.ndarray, mode: str = "fit") -> list[float]:
     """Per-fold score of the blend where neither the runs' own model weights nor the blend's saw that fold.
 
     ``cross_fitted_scores`` one level deeper: for each held-out fold, every run's inner weights are refitted
-    on the other folds from its base columns, then the blend's weights on the same rows.
+    on the other folds from its base columns, then the blend's weights on the same rows (``mode="equal"``:
+    1/n, nothing to fit; a multi-model run's inner weights are still refitted).
     """
     scores = []
     for k in np.unique(folds):
         fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
         runs = np.column_stack([blending.blend(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows]))
                                 for b in bases])
-        w = blending.fit_simplex_weights(runs[fit_rows], y[fit_rows])
+        w = blend_weights(mode, runs[fit_rows], y[fit_rows])
         scores.append(blending.rmse(y[score_rows], blending.blend(runs[score_rows], w)))
     return scores
 
 
-def blend_regression(runs: list[Run], spec: BlendSpec) -> dict:
-    """Fit, score and build everything a blended regression run writes, in ``spec``'s space (house prices:
-    log price). Nothing is written here."""
+def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dict:
+    """Fit (``mode="fit"``) or average (``"equal"``), score and build everything a blended regression run
+    writes, in ``spec``'s space (house prices: log price). Nothing is written here."""
     ID, TARGET = spec.id_column, spec.target  # noqa: N806 - the competition's column names
 
     oofs = [_read(r.oof, f"{r.stem}: out-of-fold file") for r in runs]
@@ -152,21 +167,27 @@ def blend_regression(runs: list[Run], spec: BlendSpec) -> dict:
                        "models": models_label(r.record),
                        "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
-    weights = blending.fit_simplex_weights(log_oof[scored], log_y[scored])
-    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored)
-    blend_oof = spec.from_space(blending.blend(log_oof, weights))
+    weights = blend_weights(mode, log_oof[scored], log_y[scored])
+
+    def blended(preds: np.ndarray) -> np.ndarray:  # equal: exactly the mean, in the metric's space
+        return preds.mean(1) if mode == "equal" else blending.blend(preds, weights)
+
+    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored, mode)
+    blend_oof = spec.from_space(blended(log_oof))
     for info, w in zip(inputs, weights, strict=True):
         info["weight"] = float(w)
+    equal = nested_cross_fitted_scores(bases, log_y, folds, scored, "equal") if mode == "fit" else blend_scores
     return {
+        "mode": mode,
         "weights": weights,
         "inputs": inputs,
         "fold_scores": blend_scores,
         "cv_mean": float(np.mean(blend_scores)),
         "cv_std": float(np.std(blend_scores)),
+        "equal": {"cv_mean": float(np.mean(equal)), "cv_std": float(np.std(equal)), "fold_scores": equal},
         "cv_all_rows": blending.rmse(log_y, spec.to_space(blend_oof)),
         "scored_rows": int(scored.sum()),
-        "submission": pd.DataFrame({ID: subs[0][ID].to_numpy(),
-                                    TARGET: spec.from_space(blending.blend(log_test, weights))}),
+        "submission": pd.DataFrame({ID: subs[0][ID].to_numpy(), TARGET: spec.from_space(blended(log_test))}),
         "oof": pd.DataFrame({ID: base[ID], "fold": folds, TARGET: price, "prediction": blend_oof, "scored": scored,
                              **{f"oof_{r.stem}": spec.from_space(log_oof[:, i]) for i, r in enumerate(runs)}}),
     }
@@ -186,11 +207,12 @@ def check_leaves_compatible(runs: list[Run]) -> None:
                                 f"{r.stem} ({len(other)} classes): they were trained on different labels")
 
 
-def blend_leaves(runs: list[Run]) -> dict:
+def blend_leaves(runs: list[Run], mode: str = "fit") -> dict:
     """Fit, score and build everything a blended leaves run writes. Nothing is written here.
 
-    Weights are fitted on the runs' out-of-fold probabilities by log-loss. The blend's CV is cross-fitted
-    (``blending.cross_fitted_blend``): fold k's rows are blended with weights fitted on the other folds.
+    ``mode="fit"``: weights are fitted on the runs' out-of-fold probabilities by log-loss, and the blend's CV
+    is cross-fitted (``blending.cross_fitted_blend``): fold k's rows are blended with weights fitted on the
+    other folds. ``mode="equal"``: the probabilities' plain mean, nothing fitted, nothing to cross-fit.
     """
     check_leaves_compatible(runs)
     text = {"image": str, "label": str, "pred": str}
@@ -228,20 +250,27 @@ def blend_leaves(runs: list[Run]) -> dict:
         return {"cv_mean": float(np.mean(acc)), "cv_std": float(np.std(acc)), "fold_scores": acc,
                 "log_loss": float(np.mean(loss)), "log_loss_std": float(np.std(loss)), "fold_log_loss": loss}
 
-    weights = blending.fit_simplex_weights(oof_probs, y, blending.log_loss)
-    blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, blending.log_loss)
+    weights = blend_weights(mode, oof_probs, y, blending.log_loss)
+    equal_oof = oof_probs.mean(1)  # equal weights' OOF: exactly the mean
+    if mode == "equal":
+        blend_oof, fold_weights = equal_oof, {int(k): weights for k in np.unique(folds)}
+        blend_test = test_probs.mean(1)
+    else:
+        blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, blending.log_loss)
+        blend_test = blending.blend(test_probs, weights)
     inputs = [{"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                "models": models_label(r.record), "recorded_cv": r.cv_mean, **scored(oof_probs[:, i]),
                "weight": float(w)} for i, (r, w) in enumerate(zip(runs, weights, strict=True))]
-    blend_test = blending.blend(test_probs, weights)
     labels = np.asarray(classes)
     oof = pd.DataFrame({"image": base["image"], "fold": folds, "label": base["label"],
                         "pred": labels[blend_oof.argmax(1)]})
     return {
+        "mode": mode,
         "weights": weights,
         "fold_weights": fold_weights,
         "inputs": inputs,
         **scored(blend_oof),
+        "equal": scored(equal_oof),
         "classes": classes,
         "submission": pd.DataFrame({"image": tests[0]["image"], "label": labels[blend_test.argmax(1)]}),
         "oof": pd.concat([oof, pd.DataFrame(blend_oof, columns=columns)], axis=1),
@@ -258,15 +287,29 @@ def write_leaves_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seco
         "data": first.extra.get("data"),
         "classes": out["classes"],
         "log_loss": {"cv_mean": out["log_loss"], "cv_std": out["log_loss_std"], "fold_scores": out["fold_log_loss"]},
-        "cv_rule": "cross-fitted: fold k's rows are blended with weights fitted on the other folds' rows only",
+        "cv_rule": CV_RULES[out["mode"]],
         "inputs": out["inputs"],
         "blend_weights": {i["run"]: i["weight"] for i in out["inputs"]},
         "fold_weights": {k: dict(zip(names, map(float, w), strict=True)) for k, w in out["fold_weights"].items()},
         "trained_folds": sorted(set(first.fold_ids)),
+        **equal_comparison(out),
     }
-    config = {"preset": "blend", "inputs": names, "weights_fitted_on": "out-of-fold log-loss", "seed": seed}
+    config = {"preset": "blend", "inputs": names, "weights": out["mode"], "seed": seed,
+              **({"weights_fitted_on": "out-of-fold log-loss"} if out["mode"] == "fit" else {})}
     return write_blend_run(runs, out, out_dir, seed, seconds, config=config, extra=extra,
                            tables={"test_probs": out["test_probs"]})
+
+
+CV_RULES = {  # the record's ``cv_rule``, by --weights
+    "fit": "cross-fitted: fold k's rows are blended with weights fitted on the other folds' rows only",
+    "equal": "equal weights (1/n), nothing fitted: the blend's OOF is the mean of the inputs' OOF, "
+             "so its CV needs no cross-fitting",
+}
+
+
+def equal_comparison(out: dict) -> dict:
+    """A fitted blend's record also keeps equal weights' CV on the same folds (``equal_weights``)."""
+    return {"equal_weights": out["equal"]} if out["mode"] == "fit" else {}
 
 
 def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: float):
@@ -279,9 +322,11 @@ def write_blend(runs: list[Run], out: dict, out_dir: str, seed: int, seconds: fl
         "blend_weights": {i["run"]: i["weight"] for i in out["inputs"]},
         "models": {i["run"]: {k: i[k] for k in ("cv_mean", "cv_std", "fold_scores", "weight", "recorded_cv")}
                    for i in out["inputs"]},
+        "cv_rule": CV_RULES[out["mode"]],
+        **equal_comparison(out),
     }
     config = {"preset": "blend", "inputs": [r.stem for r in runs], "data_dir": first.data_dir,
-              "space": get_competition(runs[0].competition).blend.space, "seed": seed}
+              "space": get_competition(runs[0].competition).blend.space, "weights": out["mode"], "seed": seed}
     return write_blend_run(runs, out, out_dir, seed, seconds, config=config, extra=extra)
 
 
@@ -305,6 +350,9 @@ def write_blend_run(runs: list[Run], out: dict, out_dir: str, seed: int, seconds
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="a run's record, submission or OOF file, or its stem (a unique prefix will do)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="fit",
+                        help="fit: non-negative weights summing to one, fitted on the out-of-fold predictions, "
+                             "cross-fitted CV (default); equal: 1/n, nothing fitted, the plain mean")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,31 +366,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> int:
-    """Blend regression runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
+    """Blend regression runs, print every input's CV beside the blend's (and, under ``fit``, equal weights'),
+    write the blend."""
     competition = get_competition(runs[0].competition)
-    out = blend_regression(runs, competition.blend)
+    out = blend_regression(runs, competition.blend, args.weights)
     metric = competition.metric
-    width = max(len(r.stem) for r in runs)
+    label = BLEND_LABELS[args.weights]
+    width = max(len(label), len(EQUAL_LABEL), *(len(r.stem) for r in runs))
+    space = competition.blend.space
+    print("weights: " + weights_help(args.weights, "RMSE" + (f" of {space}" if space != "identity" else "")))
     print(f"{'run':<{width}}  weight  CV {metric} on the same {out['scored_rows']} rows (recorded)")
     for info in out["inputs"]:
         print(f"{info['run']:<{width}}  {info['weight']:.3f}   {info['cv_mean']:.5f} ± {info['cv_std']:.5f}"
               f"  ({info['recorded_cv']:.5f})")
     best = min(i["cv_mean"] for i in out["inputs"])
-    print(f"{'blend (cross-fitted)':<{width}}  1.000   {out['cv_mean']:.5f} ± {out['cv_std']:.5f}"
+    print(f"{label:<{width}}  1.000   {out['cv_mean']:.5f} ± {out['cv_std']:.5f}"
           f"  ({out['cv_mean'] - best:+.5f} vs the best input)")
+    if args.weights == "fit":
+        equal = out["equal"]
+        print(f"{EQUAL_LABEL:<{width}}  {1 / len(runs):.3f}   {equal['cv_mean']:.5f} ± {equal['cv_std']:.5f}"
+              f"  ({equal['cv_mean'] - out['cv_mean']:+.5f} vs the fitted blend)")
     if out["cv_mean"] > best:
         best_run = min(out["inputs"], key=lambda i: i["cv_mean"])["run"]
-        print(f"note: the blend does not beat {best_run} on cross-fitted CV; submitting that run is as good")
+        print(f"note: the blend does not beat {best_run} on CV; submitting that run is as good")
     files = write_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
     print(f"submission: {files.submission}")
     return 0
 
 
 def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
-    """Blend leaves runs, print every input's CV beside the blend's cross-fitted CV, write the blend."""
-    out = blend_leaves(runs)
-    width = max(len("blend (cross-fitted)"), *(len(r.stem) for r in runs))
-    print(f"out-of-fold CV on the same {len(out['oof'])} training images, {len(out['fold_scores'])} folds")
+    """Blend leaves runs, print every input's CV beside the blend's (and, under ``fit``, equal weights'),
+    write the blend."""
+    out = blend_leaves(runs, args.weights)
+    label = BLEND_LABELS[args.weights]
+    width = max(len(label), len(EQUAL_LABEL), *(len(r.stem) for r in runs))
+    print(f"out-of-fold CV on the same {len(out['oof'])} training images, {len(out['fold_scores'])} folds; "
+          f"weights: {weights_help(args.weights, 'log-loss')}")
     print(f"{'run':<{width}}  weight  {'accuracy':<15}  {'log-loss':<15}  recorded accuracy")
 
     def line(name: str, weight: float, info: dict, tail: str) -> None:
@@ -352,13 +411,25 @@ def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
     for info in out["inputs"]:
         line(info["run"], info["weight"], info, f"{info['recorded_cv']:.4f}")
     best = max(out["inputs"], key=lambda i: i["cv_mean"])
-    line("blend (cross-fitted)", 1.0, out, f"{out['cv_mean'] - best['cv_mean']:+.4f} vs the best input")
+    line(label, 1.0, out, f"{out['cv_mean'] - best['cv_mean']:+.4f} vs the best input")
+    if args.weights == "fit":
+        gain = out["equal"]["cv_mean"] - out["cv_mean"]
+        line(EQUAL_LABEL, 1 / len(runs), out["equal"], f"{gain:+.4f} vs the fitted blend")
     if out["cv_mean"] < best["cv_mean"]:
-        print(f"note: the blend does not beat {best['run']} on cross-fitted accuracy; submitting that run is as good")
+        print(f"note: the blend does not beat {best['run']} on CV accuracy; submitting that run is as good")
     files = write_leaves_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
     print(f"submission: {files.submission}")
     return 0
 
+
+def weights_help(mode: str, loss: str) -> str:
+    """The printed table's first line names the --weights mode (and the loss a fit minimises)."""
+    return f"fit on out-of-fold {loss}, CV cross-fitted" if mode == "fit" else "equal (1/n), nothing fitted"
+
+
+# the table's row names: the blend under each --weights mode, and the comparison line under ``fit``
+BLEND_LABELS = {"fit": "blend (cross-fitted)", "equal": "blend (equal weights)"}
+EQUAL_LABEL = "equal weights (1/n)"
 
 # a competition's ``BlendSpec.kind`` -> how its runs are blended
 BLENDERS = {"regression": run_regression, "probabilities": run_leaves}

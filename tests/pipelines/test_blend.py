@@ -50,6 +50,33 @@ def test_blend_fits_its_weights_on_every_row_and_reports_a_cross_fitted_cv(two_r
     sub = pd.read_csv(blend_csv)
     assert list(sub.columns) == ["Id", "SalePrice"] and (sub["SalePrice"] > 0).all()
     assert "blend (cross-fitted)" in printed
+    # the mode is named; equal weights' CV on the same folds is printed and recorded beside the fit's
+    assert record["config"]["weights"] == "fit" and "weights: fit on out-of-fold RMSE of log price" in printed
+    assert "equal weights (1/n)" in printed and len(record["equal_weights"]["fold_scores"]) == 3
+
+
+def test_equal_weights_blend_is_the_mean_in_log_space_and_scores_like_fit_s_comparison(two_runs, capsys):
+    """``--weights equal``: the blend's OOF and test prices are the inputs' geometric mean (the mean in the
+    metric's space), and its CV is the equal-weights line a fitted blend of the same runs reports."""
+    out, files = two_runs
+    runs = [str(f.record) for f in files]
+    assert main(["blend", *runs, "--out-dir", str(out)]) == 0
+    fitted = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("submission: "))
+                        .with_suffix(".json").read_text())
+    assert main(["blend", *runs, "--weights", "equal", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "weights: equal (1/n), nothing fitted" in printed and "blend (equal weights)" in printed
+    assert "equal weights (1/n)" not in printed
+    blend_csv = Path(printed.strip().splitlines()[-1].removeprefix("submission: "))
+    record = json.loads(blend_csv.with_suffix(".json").read_text())
+    assert record["config"]["weights"] == "equal" and record["cv_rule"].startswith("equal weights")
+    assert list(record["blend_weights"].values()) == [0.5, 0.5] and "equal_weights" not in record
+    assert record["fold_scores"] == pytest.approx(fitted["equal_weights"]["fold_scores"], abs=1e-12)
+    oof = pd.read_csv(blend_csv.with_name(blend_csv.stem + "_oof.csv"))
+    inputs = [pd.read_csv(f.oof)["prediction"].to_numpy() for f in files]
+    assert np.allclose(oof["prediction"], np.exp(np.mean(np.log(inputs), axis=0)), rtol=1e-12, atol=0)
+    subs = [pd.read_csv(f.submission)["SalePrice"].to_numpy() for f in files]
+    assert np.allclose(pd.read_csv(blend_csv)["SalePrice"], np.exp(np.mean(np.log(subs), axis=0)), rtol=1e-12, atol=0)
 
 
 def test_blend_refuses_different_folds(two_runs, tmp_path, capsys):

@@ -72,6 +72,53 @@ def test_blend_of_two_leaves_runs_writes_a_submission_and_an_honest_record(two_l
         fold_p = np.tensordot(p[folds == k], w, axes=([1], [0]))
         assert record["log_loss"]["fold_scores"][k] == pytest.approx(blending.log_loss(y[folds == k], fold_p), abs=1e-6)
         assert record["fold_scores"][k] == pytest.approx(np.mean(fold_p.argmax(1) == y[folds == k]))
+    # the mode is named, and equal weights' CV on the same folds is printed and recorded beside the fit's
+    assert record["config"]["weights"] == "fit" and record["cv_rule"].startswith("cross-fitted")
+    assert "weights: fit on out-of-fold log-loss" in printed and "equal weights (1/n)" in printed
+    mean = p.mean(1)
+    assert record["equal_weights"]["fold_scores"] == pytest.approx(
+        [np.mean(mean[folds == k].argmax(1) == y[folds == k]) for k in (0, 1)])
+    assert record["equal_weights"]["fold_log_loss"] == pytest.approx(
+        [blending.log_loss(y[folds == k], mean[folds == k]) for k in (0, 1)])
+
+
+def test_equal_weights_blend_is_the_mean_of_the_inputs_and_says_so(two_leaves_runs, capsys):
+    """``--weights equal``: nothing fitted; OOF and test probabilities are the inputs' plain mean."""
+    root, records = two_leaves_runs
+    assert main(["blend", str(records[0]), str(records[1]), "--weights", "equal",
+                 "--out-dir", str(root / "subs")]) == 0
+    printed = capsys.readouterr().out
+    assert "weights: equal (1/n), nothing fitted" in printed and "blend (equal weights)" in printed
+    assert "equal weights (1/n)" not in printed  # the comparison line is for --weights fit only
+    sub_path = Path(printed.strip().splitlines()[-1].removeprefix("submission: "))
+    record = json.loads(sub_path.with_suffix(".json").read_text())
+    assert record["config"]["weights"] == "equal" and "weights_fitted_on" not in record["config"]
+    assert record["cv_rule"].startswith("equal weights") and "equal_weights" not in record
+    assert list(record["blend_weights"].values()) == [0.5, 0.5]
+    assert all(list(w.values()) == [0.5, 0.5] for w in record["fold_weights"].values())
+    classes = record["classes"]
+    inputs = [json.loads(r.read_text()) for r in records]
+    oof_in = [_probs(r.parent / rec["files"]["oof"], classes) for r, rec in zip(records, inputs, strict=True)]
+    test_in = [_probs(r.parent / rec["files"]["tables"]["test_probs"], classes)
+               for r, rec in zip(records, inputs, strict=True)]
+    oof = pd.read_csv(sub_path.parent / record["files"]["oof"])
+    assert np.array_equal(oof[[f"p_{c}" for c in classes]].to_numpy(float), np.mean(oof_in, axis=0))
+    assert np.array_equal(_probs(sub_path.parent / record["files"]["tables"]["test_probs"], classes),
+                          np.mean(test_in, axis=0))
+    assert pd.read_csv(sub_path)["label"].tolist() == [classes[i] for i in np.mean(test_in, axis=0).argmax(1)]
+    folds, y = oof["fold"].to_numpy(), np.searchsorted(classes, oof["label"].to_numpy())
+    assert record["fold_scores"] == pytest.approx(
+        [np.mean(np.mean(oof_in, axis=0)[folds == k].argmax(1) == y[folds == k]) for k in (0, 1)])
+
+
+def test_a_bad_weights_mode_is_argparse_s_one_line_error(two_leaves_runs, tmp_path, capsys):
+    root, records = two_leaves_runs
+    with pytest.raises(SystemExit) as exit_:
+        main(["blend", str(records[0]), str(records[1]), "--weights", "mean", "--out-dir", str(tmp_path / "subs")])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--weights: invalid choice: 'mean'" in errors[0]
+    assert not (tmp_path / "subs").exists()
 
 
 def test_cross_fitted_weights_never_see_the_fold_they_score():
