@@ -24,6 +24,7 @@ import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipelines.commands import common_parser
 from pipelines.core.errors import PipelineError, mask_secrets
 
 # verb -> (module, one-line help). Add a verb here; a competition's command comes from its registry entry.
@@ -40,15 +41,6 @@ def commands() -> dict[str, tuple[str, str]]:
     from pipelines.competitions import list_competitions
 
     return {**{c.command: (c.module, c.help) for c in list_competitions()}, **VERBS}
-
-
-def common_parser() -> argparse.ArgumentParser:
-    """Flags every command shares."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--seed", type=int, default=0, help="seed for folds, models and augmentation")
-    parent.add_argument("--out-dir", default="submissions", help="where runs are written (default: submissions)")
-    parent.add_argument("--debug", action="store_true", help="print the full traceback of an error")
-    return parent
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 The objective is the competition's own (``Competition.make_objective``: its pipeline's shared CV score over
 a search space that lives beside the models it tunes, e.g. ``house_prices/estimators.SEARCH_SPACES``,
-``leaves/objective.SEARCH_SPACE``). ``--trials N`` is the total
+``leaves/objective.SEARCH_SPACE``); its own flags (``Competition.add_tune_arguments``, e.g. house prices'
+``--models``, leaves' ``--epochs`` and ``--set``) follow its name. ``--trials N`` is the total
 number of finished trials wanted in the study, so re-running the same command resumes a killed session.
 ``--workers K`` starts K processes on the same study; workers on other machines join by running the
 same command with the same ``--storage postgresql://…`` and ``--study``. ``--best`` then trains the
@@ -18,10 +19,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import optuna
 
-from pipelines.competitions import get_competition, list_competitions
+from pipelines.commands import common_parser
+from pipelines.competitions import Competition, get_competition, list_competitions
 from pipelines.core import tuning
 from pipelines.core.errors import PipelineError
 
@@ -105,13 +108,11 @@ def child_argv(args: argparse.Namespace, index: int) -> list[str]:
             "--pruner", args.pruner, "--runs-dir", args.runs_dir, "--workers", "1", "--worker-index", str(index),
             "--heartbeat-interval", str(args.heartbeat_interval), "--grace-period", str(args.grace_period),
             "--quiet", "--no-plots"]
-    for flag in ("timeout", "folds", "data_dir", "models", "epochs"):
+    for flag in ("timeout", "folds", "data_dir"):
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
-    for item in getattr(args, "set", None) or []:
-        argv += ["--set", item]
-    return argv
+    return argv + args.competition_args  # the competition's own flags, as they were given
 
 
 def run_workers(args: argparse.Namespace, study: optuna.Study, progress: tuning.Progress) -> None:
@@ -153,29 +154,91 @@ def summary(study: optuna.Study, n_trials: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+STUDY_DEFAULTS = {"trials": 20, "workers": 1, "pruner": "median", "runs_dir": "runs", "heartbeat_interval": 10,
+                  "grace_period": 30, "worker_index": 0}
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The flags of every study, whatever the competition. ``defaults=False``: unset unless given (the
+    parser's ``argument_default=SUPPRESS``), for the copy each competition's sub-parser holds."""
     a = parser.add_argument
-    a("competition", choices=[c.command for c in list_competitions() if c.make_objective is not None])
-    a("--trials", type=int, default=20, help="finished trials wanted in the study in total (default 20)")
-    a("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
-    a("--study", default=None, help="study name (default: the competition)")
-    a("--storage", default=None, help="sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB "
-                                      f"(default: ${STORAGE_ENV}, else sqlite file runs/tune/<study>.db)")
-    a("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    a("--pruner", choices=tuning.PRUNERS, default="median", help="median (default), halving or none")
+    a("--trials", type=int, help="finished trials wanted in the study in total (default 20)")
+    a("--timeout", type=float, help="stop starting trials after this many seconds")
+    a("--study", help="study name (default: the competition)")
+    a("--storage", help="sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB "
+                        f"(default: ${STORAGE_ENV}, else sqlite file runs/tune/<study>.db)")
+    a("--workers", type=int, help="worker processes on this machine (default 1)")
+    a("--pruner", choices=tuning.PRUNERS, help="median (default), halving or none")
     a("--best", action="store_true", help="after the study, train the best trial and write a submission")
-    a("--runs-dir", default="runs", help="default storage and plots go to RUNS_DIR/tune (default runs)")
+    a("--runs-dir", help="default storage and plots go to RUNS_DIR/tune (default runs)")
     a("--no-plots", action="store_true", help="skip the PNG plots after the study")
     a("--quiet", action="store_true", help="no per-trial progress lines")
-    a("--folds", type=int, default=None, help="CV folds (default: the pipeline's)")
-    a("--data-dir", default=None, help="competition folder (default: the pipeline's)")
-    a("--models", default=None, help="house-prices: comma-separated strong models to tune (default all)")
-    a("--epochs", type=int, default=None, help="leaves: epochs per fold (default 3, a short tuning budget)")
-    a("--set", action="append", metavar="KEY=VALUE",
-      help="leaves: fix a LeavesConfig field for every trial, e.g. --set model=resnet18 (repeatable)")
-    a("--heartbeat-interval", type=int, default=10, help="seconds between a running trial's heartbeats")
-    a("--grace-period", type=int, default=30, help="a trial silent this long is failed and retried")
-    a("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    a("--folds", type=int, help="CV folds (default: the pipeline's)")
+    a("--data-dir", help="competition folder (default: the pipeline's)")
+    a("--heartbeat-interval", type=int, help="seconds between a running trial's heartbeats (default 10)")
+    a("--grace-period", type=int, help="a trial silent this long is failed and retried (default 30)")
+    a("--worker-index", type=int, help=argparse.SUPPRESS)
+    if defaults:
+        parser.set_defaults(**STUDY_DEFAULTS)
+
+
+def own_parser(competition: Competition) -> argparse.ArgumentParser:
+    """The competition's own tune flags alone (``Competition.add_tune_arguments``)."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    if competition.add_tune_arguments is not None:
+        competition.add_tune_arguments(parser)
+    return parser
+
+
+def takes(parser: argparse.ArgumentParser, flag: str) -> bool:
+    """Whether ``parser`` (built with ``exit_on_error=False``) knows ``flag``."""
+    try:
+        return not parser.parse_known_args([flag])[1]
+    except argparse.ArgumentError:  # it knows the flag, which wants a value
+        return True
+
+
+class CompetitionParser(argparse.ArgumentParser):
+    """``tune <competition>``: the study's flags and the competition's own.
+
+    A flag it does not take (another competition's, a typo) or a bad value is one ``error:`` line (exit 2)
+    naming the competition that takes it, not argparse's usage block. The competition's own flags, as given,
+    are kept in ``args.competition_args``: the worker processes get them verbatim.
+    """
+
+    def __init__(self, *args, competition: str, study: argparse.ArgumentParser,
+                 owners: dict[str, argparse.ArgumentParser], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.competition, self.study, self.owners = competition, study, owners
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            flag = extras[0].split("=", 1)[0]
+            takers = " or ".join(f"tune {name}" for name, own in self.owners.items() if takes(own, flag))
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f" ({flag} is for {takers})" if takers else ""))
+        namespace.competition_args = self.study.parse_known_args(args)[1]  # what the study's flags leave
+        return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        raise PipelineError(f"tune {self.competition}: {message}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One sub-parser per tunable competition: the study's flags and the competition's own, so ``tune toy``
+    knows no leaves ``--epochs``. The study's (and the CLI's common) flags are also taken before the
+    competition's name; each sub-parser's copies of them are unset unless given, so they keep that value."""
+    add_study_arguments(parser)
+    study = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS,
+                                    parents=[common_parser(defaults=False)])
+    add_study_arguments(study, defaults=False)
+    tunable = [c for c in list_competitions() if c.make_objective is not None]
+    owners = {c.command: own_parser(c) for c in tunable}
+    sub = parser.add_subparsers(dest="competition", required=True, metavar="competition",
+                                parser_class=CompetitionParser)
+    for c in tunable:
+        sub.add_parser(c.command, help=f"{c.name}: {c.direction} {c.metric}", parents=[study, owners[c.command]],
+                       competition=c.command, study=study, owners=owners)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,6 +67,9 @@ class Competition:
     # sits above core), rebuilt from the competition's own files each time a file is validated
     build_spec: Callable[[str | None], Any]
     make_objective: Callable[[argparse.Namespace], Objective] | None = None  # None: not tunable
+    # the flags ``tune <command>`` takes for this competition alone (e.g. leaves --epochs), added to its own
+    # sub-parser beside the study's flags; the objective reads them from ``args``. None: the study's only
+    add_tune_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     blend: BlendSpec | None = None  # None: runs cannot be blended (e.g. no saved test probabilities)
     aliases: tuple[str, ...] = ()
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import pipelines.competitions as registry
-from pipelines.__main__ import main
+from pipelines.__main__ import build_parser, main
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import RECORD_VERSION, RunRecord, upgrade
 
@@ -62,6 +62,12 @@ def test_a_toy_competition_gets_cv_tuning_blending_runs_and_submit_from_one_fold
     first = RunRecord.read(records[0])
     assert first.version == RECORD_VERSION and first.competition == "toy-regression" and first.metric == "rmse"
     assert len(first.fold_ids) == 60 and len(first.fold_scores) == 3 and first.timings["total_s"] > 0
+
+    # the other competitions' tune flags are theirs alone: the toy's tune parser has none of them
+    args = build_parser(["tune", "toy"]).parse_args(["tune", "toy"])
+    assert not {"models", "epochs", "set"} & set(vars(args)) and args.competition_args == []
+    assert main(["tune", "toy", "--set", "alpha=1", "--runs-dir", str(runs_dir)]) == 2
+    assert "unrecognized arguments: --set alpha=1 (--set is for tune leaves)" in capsys.readouterr().err
 
     # tuning: the generic tune command with the competition's objective; --best writes a run
     assert main(["tune", "toy", "--trials", "2", "--runs-dir", str(runs_dir), "--no-plots", "--quiet", "--best",

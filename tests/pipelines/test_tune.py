@@ -89,6 +89,30 @@ def test_study_refuses_a_different_setup(tmp_path: Path, capsys) -> None:
     assert err.startswith("error: study 'setup' was made with models") and "\n" not in err
 
 
+# -------------------------------------------------------------------------------------------- flags
+def test_another_competitions_tune_flag_is_one_line_before_any_study(tmp_path: Path, capsys) -> None:
+    """--epochs is leaves' own tune flag (``Competition.add_tune_arguments``), not house prices'."""
+    assert main(["tune", "house-prices", "--epochs", "2", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: tune house-prices: unrecognized arguments: --epochs 2 (--epochs is for tune leaves)"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_workers_get_the_competitions_flags_and_flags_before_it_keep_their_values() -> None:
+    from pipelines.__main__ import build_parser
+    from pipelines.commands.tune import child_argv
+
+    argv = ["tune", "--seed", "3", "leaves", "--epochs", "2", "--set", "model=resnet18", "--set=batch_size=8",
+            "--trials", "5"]
+    args = build_parser(argv).parse_args(argv)
+    expected = (3, 5, 2, ["model=resnet18", "batch_size=8"])
+    assert (args.seed, args.trials, args.epochs, args.set) == expected
+    args.study = "s"
+    worker = child_argv(args, 1)[3:]  # after "python -m pipelines"
+    again = build_parser(worker).parse_args(worker)
+    assert (again.seed, again.trials, again.epochs, again.set) == expected and again.worker_index == 1
+
+
 # ------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("url", [
     "not-a-url",

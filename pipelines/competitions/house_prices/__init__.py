@@ -7,6 +7,8 @@ and its search spaces; ``mlp.py`` a torch MLP as a scikit-learn estimator; ``obj
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 from pipelines.core.competition import BlendSpec, Competition
@@ -27,6 +29,10 @@ def _objective(args):
     return HousePricesObjective(args)
 
 
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", help="comma-separated strong models to tune (default all)")
+
+
 def _log_price(price: np.ndarray) -> np.ndarray:
     """The metric's space: log price, predictions clamped to >= 1 as the metric does (d2l)."""
     return np.log(np.clip(price, 1, None))
@@ -43,6 +49,7 @@ COMPETITION = Competition(
     default_data=REPO_ROOT / "data" / "house-prices",
     build_spec=_spec,
     make_objective=_objective,
+    add_tune_arguments=_tune_arguments,
     blend=BlendSpec(id_column="Id", target="SalePrice", space="log price", to_space=_log_price,
                     from_space=np.exp),
     aliases=("house",),

@@ -7,6 +7,7 @@ only registers the competition, and imports nothing heavy.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from pipelines.core.competition import BlendSpec, Competition
@@ -29,6 +30,12 @@ def _objective(args):
     return LeavesObjective(args)
 
 
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, help="epochs per fold (default 3, a short tuning budget)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="fix a LeavesConfig field for every trial, e.g. --set model=resnet18 (repeatable)")
+
+
 COMPETITION = Competition(
     name="classify-leaves",
     command="leaves",
@@ -40,5 +47,6 @@ COMPETITION = Competition(
     default_data=REPO_ROOT / "data" / "classify-leaves",
     build_spec=_spec,
     make_objective=_objective,
+    add_tune_arguments=_tune_arguments,
     blend=BlendSpec(id_column="image", target="label", kind="probabilities", space="class probabilities"),
 )

@@ -42,7 +42,7 @@ class LeavesObjective:
         self.trials_dir = Path(args.runs_dir) / "tune" / args.study / "trials"
         base = LeavesConfig(folds=args.folds or 3, epochs=args.epochs or 3, data_dir=args.data_dir, seed=args.seed,
                             out_dir=args.out_dir, progress=False, runs_dir=args.runs_dir)
-        self.base = dataclasses.replace(base, **parse_overrides(getattr(args, "set", None), LeavesConfig))
+        self.base = dataclasses.replace(base, **parse_overrides(args.set, LeavesConfig))
         self.data = None
 
     @property
