@@ -9,6 +9,7 @@ import pytest
 
 from features.house import HouseImputer
 from pipelines.competitions.house_prices.pipeline import HousePricesConfig, outlier_mask, run_pipeline
+from pipelines.core.blending import rmse
 
 
 def _run(tmp_path, **kw):
@@ -184,7 +185,7 @@ def test_mlp_trains_through_the_shared_loop_and_is_reproducible():
     y = 12 + X @ np.array([0.3, -0.2, 0.1, 0.0, 0.05]) + rng.normal(scale=0.01, size=200)
     a, b = (MLPRegressor(hidden=16, epochs=150, lr=1e-2, seed=1).fit(X[:150], y[:150]) for _ in range(2))
     np.testing.assert_array_equal(a.predict(X[150:]), b.predict(X[150:]))
-    assert np.sqrt(np.mean((a.predict(X[150:]) - y[150:]) ** 2)) < 0.5 * y[150:].std()
+    assert rmse(y[150:], a.predict(X[150:])) < 0.5 * y[150:].std()
 
 
 def test_huber_lasso_down_weights_gross_outliers_that_tilt_a_plain_lasso():

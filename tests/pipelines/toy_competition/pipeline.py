@@ -7,10 +7,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import optuna
 from sklearn.linear_model import Ridge
 
+from pipelines.core.blending import rmse
 from pipelines.core.cv import cross_validate, make_folds
 from pipelines.core.io import read_csv
 from pipelines.core.records import RunRecord
@@ -39,10 +39,6 @@ def load(data_dir: str | None):
 
 def spec(data_dir: str | None) -> SubmissionSpec:
     return SubmissionSpec(NAME, [ID, TARGET], ids=load(data_dir)[1][ID])
-
-
-def rmse(y, pred) -> float:
-    return float(np.sqrt(np.mean((np.asarray(y) - np.asarray(pred)) ** 2)))
 
 
 def run_config(cfg: ToyConfig, write: bool = True):
