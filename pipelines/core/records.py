@@ -69,6 +69,9 @@ def dumps(record: dict) -> str:
 
 # ------------------------------------------------------------------------------------------- run record
 RECORD_VERSION = 2
+# the metric of each competition that wrote version-1 records, as they scored then (frozen: a competition
+# registered later writes the current version and names its metric itself)
+V1_METRICS = {"house-prices": "log_rmse", "classify-leaves": "accuracy"}
 
 
 @dataclasses.dataclass
@@ -131,7 +134,8 @@ def upgrade(data: dict) -> dict:
 
     Version 1 (no ``version`` field) had ``cv`` (the writer's) beside or instead of ``cv_mean``, ``folds``
     as a dict (house prices, blends) or as the bare list of fold ids (leaves), ``timings.total_seconds``
-    or ``timings.total_s``, and its data folder under ``config.data_dir`` or ``data.dir``.
+    or ``timings.total_s``, and its data folder under ``config.data_dir`` or ``data.dir``; leaves records
+    named no metric (their CV is an accuracy, ``V1_METRICS``).
     """
     version = data.get("version", 1)
     if version > RECORD_VERSION:
@@ -152,7 +156,7 @@ def upgrade(data: dict) -> dict:
         where = (data_info.get("dir") if isinstance(data_info, dict) else None) or \
             (config.get("data_dir") if isinstance(config, dict) else None)
         out["data_dir"] = str(where) if where else None
-    out.setdefault("metric", "cv")
+    out.setdefault("metric", V1_METRICS.get(out.get("competition"), "cv"))
     out.setdefault("preset", "")
     out["version"] = RECORD_VERSION
     return out

@@ -109,5 +109,10 @@ def test_older_records_are_upgraded_in_one_place():
     assert (house.cv_mean, house.fold_ids, house.timings["total_s"], house.data_dir) == (0.125, [1, 0], 2.0, "/h")
     assert house.folds["strategy"] == "binned" and "cv" not in house.to_dict()
     assert upgrade(house.to_dict()) == house.to_dict()  # the current version passes through unchanged
+    # a version-1 record that named no metric gets its competition's, where the record says which it is
+    assert leaves.metric == registry.get_competition("classify-leaves").metric == "accuracy"
+    unnamed_house = {k: v for k, v in house_v1.items() if k != "metric"}
+    assert RunRecord.from_dict(unnamed_house).metric == registry.get_competition("house-prices").metric
+    assert upgrade({**unnamed_house, "competition": "elsewhere"})["metric"] == "cv"  # unknown: no guess
     with pytest.raises(ValueError, match="newer"):
         upgrade({**house.to_dict(), "version": RECORD_VERSION + 1})
