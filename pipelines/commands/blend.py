@@ -2,7 +2,8 @@
 
 How runs blend is the competition's ``BlendSpec`` (registry). ``kind="regression"``: weights are
 non-negative and sum to one (``pipelines.core.blending.fit_simplex_weights``), fitted in the metric's space:
-for house prices on log predictions against log price, so the blend is a weighted geometric mean of the
+for house prices on log predictions against log price (minimising the spec's ``fit_loss``: a Huber loss for house
+prices, as its own stack does), so the blend is a weighted geometric mean of the
 runs' prices. The blend's CV is cross-fitted: the weights scored
 on fold k never saw fold k, and neither did the model weights inside a run that itself blended several
 models (those are refitted from its per-model OOF columns, ``nested_cross_fitted_scores``). Every input
@@ -117,19 +118,21 @@ def blend_weights(mode: str, preds: np.ndarray, y: np.ndarray, loss=blending.rms
 
 
 def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
-                               mask: np.ndarray, mode: str = "fit") -> list[float]:
+                               mask: np.ndarray, mode: str = "fit", fit_loss=None) -> list[float]:
     """Per-fold score of the blend where neither the runs' own model weights nor the blend's saw that fold.
 
     ``cross_fitted_scores`` one level deeper: for each held-out fold, every run's inner weights are refitted
     on the other folds from its base columns, then the blend's weights on the same rows (``mode="equal"``:
-    1/n, nothing to fit; a multi-model run's inner weights are still refitted).
+    1/n, nothing to fit; a multi-model run's inner weights are still refitted). Weights minimise ``fit_loss``
+    (default: RMSE), scores are RMSE.
     """
+    fit_loss = fit_loss or blending.rmse
     scores = []
     for k in np.unique(folds):
         fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
-        runs = np.column_stack([blending.blend(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows]))
+        runs = np.column_stack([blending.blend(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows], fit_loss))
                                 for b in bases])
-        w = blend_weights(mode, runs[fit_rows], y[fit_rows])
+        w = blend_weights(mode, runs[fit_rows], y[fit_rows], fit_loss)
         scores.append(blending.rmse(y[score_rows], blending.blend(runs[score_rows], w)))
     return scores
 
@@ -162,21 +165,23 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
 
     inputs = []
     for r, b in zip(runs, bases, strict=True):
-        scores = blending.cross_fitted_scores(b, log_y, folds, mask=scored) if b.shape[1] > 1 else fold_scores(b[:, 0])
+        scores = (blending.cross_fitted_scores(b, log_y, folds, mask=scored, fit_loss=spec.fit_loss)
+                  if b.shape[1] > 1 else fold_scores(b[:, 0]))
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),
                        "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
-    weights = blend_weights(mode, log_oof[scored], log_y[scored])
+    weights = blend_weights(mode, log_oof[scored], log_y[scored], spec.fit_loss or blending.rmse)
 
     def blended(preds: np.ndarray) -> np.ndarray:  # equal: exactly the mean, in the metric's space
         return preds.mean(1) if mode == "equal" else blending.blend(preds, weights)
 
-    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored, mode)
+    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored, mode, spec.fit_loss)
     blend_oof = spec.from_space(blended(log_oof))
     for info, w in zip(inputs, weights, strict=True):
         info["weight"] = float(w)
-    equal = nested_cross_fitted_scores(bases, log_y, folds, scored, "equal") if mode == "fit" else blend_scores
+    equal = nested_cross_fitted_scores(bases, log_y, folds, scored, "equal", spec.fit_loss) if mode == "fit" \
+        else blend_scores
     return {
         "mode": mode,
         "weights": weights,
@@ -373,8 +378,9 @@ def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> i
     metric = competition.metric
     label = BLEND_LABELS[args.weights]
     width = max(len(label), len(EQUAL_LABEL), *(len(r.stem) for r in runs))
-    space = competition.blend.space
-    print("weights: " + weights_help(args.weights, "RMSE" + (f" of {space}" if space != "identity" else "")))
+    spec = competition.blend
+    print("weights: " + weights_help(args.weights, spec.fit_loss_name
+                                     + (f" of {spec.space}" if spec.space != "identity" else "")))
     print(f"{'run':<{width}}  weight  CV {metric} on the same {out['scored_rows']} rows (recorded)")
     for info in out["inputs"]:
         print(f"{info['run']:<{width}}  {info['weight']:.3f}   {info['cv_mean']:.5f} ± {info['cv_std']:.5f}"

@@ -23,6 +23,17 @@ def rmse(y: np.ndarray, p: np.ndarray) -> float:
     return float(root_mean_squared_error(np.asarray(y, float), p))
 
 
+def huber_loss(delta: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The mean Huber loss with threshold ``delta``: squared for residuals below it, linear above, so a few
+    rows that no model predicts (a regression's gross outliers) pull blend weights linearly, not quadratically."""
+
+    def loss(y: np.ndarray, p: np.ndarray) -> float:
+        r = np.abs(np.asarray(y, float) - np.asarray(p, float))
+        return float(np.mean(np.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta))))
+
+    return loss
+
+
 def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-probability of the true class; ``probs`` is (rows, classes), ``y`` class indices."""
     picked = np.asarray(probs, float)[np.arange(len(y)), np.asarray(y, int)]
@@ -85,8 +96,10 @@ def cross_fitted_scores(
     folds: np.ndarray,
     loss: Callable[[np.ndarray, np.ndarray], float] = rmse,
     mask: np.ndarray | None = None,
+    fit_loss: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> list[float]:
-    """Per-fold score of a blend whose weights never saw that fold (rows outside ``mask`` not used)."""
+    """Per-fold ``loss`` of a blend whose weights never saw that fold (rows outside ``mask`` not used); the
+    weights minimise ``fit_loss`` (default: ``loss`` itself)."""
     mask = np.ones(len(y), bool) if mask is None else mask
-    oof, _ = cross_fitted_blend(preds, y, folds, loss, mask)
+    oof, _ = cross_fitted_blend(preds, y, folds, fit_loss or loss, mask)
     return [loss(y[(folds == k) & mask], oof[(folds == k) & mask]) for k in np.unique(folds)]

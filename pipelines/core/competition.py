@@ -49,6 +49,10 @@ class BlendSpec:
     space: str = "identity"  # its name, recorded with a blend
     to_space: Callable[[np.ndarray], np.ndarray] = identity
     from_space: Callable[[np.ndarray], np.ndarray] = identity
+    # regression: the loss that a run's stack weights and a blend's weights minimise in that space (None: its
+    # RMSE); the scores stay RMSE. House prices: a Huber loss, as its stack fits its own weights
+    fit_loss: Callable[[np.ndarray, np.ndarray], float] | None = None
+    fit_loss_name: str = "RMSE"  # what the blend's table says its weights minimise
 
 
 @dataclass(frozen=True)

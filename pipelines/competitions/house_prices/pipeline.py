@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.house import NUMERIC_COLUMNS, d2l_features
-from pipelines.competitions.house_prices import COMPETITION
+from pipelines.competitions.house_prices import COMPETITION, stack_loss
 from pipelines.core import blending
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
@@ -362,16 +362,19 @@ def _log(price: np.ndarray) -> np.ndarray:
 def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: np.ndarray | None = None) -> dict:
     """The level-2 stack: non-negative weights summing to one on the models' OOF log prices.
 
-    Its CV is cross-fitted per repeat (``blending.cross_fitted_scores``: the weights scored on a fold
-    never saw it); the weights used for the test set are fitted on every repeat's OOF rows at once.
-    Convex weights keep every prediction between the models' own, so no single model's extrapolation
-    can be amplified. ``mask`` restricts fitting and scoring to some rows (comparison figures only).
+    The weights minimise a Huber loss (``stack_loss``), the scores are RMSE on every row. Its CV is
+    cross-fitted per repeat (``blending.cross_fitted_scores``: the weights scored on a fold never saw it);
+    the weights used for the test set are fitted on every repeat's OOF rows at once. Convex weights keep
+    every prediction between the models' own, so no single model's extrapolation can be amplified.
+    ``mask`` restricts fitting and scoring to some rows (comparison figures only).
     """
     repeats, rows, n_models = log_oof.shape
     mask = np.ones(rows, bool) if mask is None else mask
-    weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats))
+    weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats),
+                                           stack_loss)
     # one model: its weight is 1 in every fold, so this is the model's own per-fold score
-    per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask) for r in range(repeats)]
+    per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask, fit_loss=stack_loss)
+                  for r in range(repeats)]
     scores = [s for rep in per_repeat for s in rep]
     return {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
             "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat]}
