@@ -153,3 +153,21 @@ def test_cross_fitted_weights_never_see_the_fold_they_score(monkeypatch, nested)
     for k in range(3):
         for rows in seen[k * per_fold:(k + 1) * per_fold]:
             assert rows == set(y[folds != k].tolist())
+
+
+def test_huber_weights_follow_the_rows_the_models_predict_not_two_gross_misses():
+    """Squared error lets two rows that both models miss badly pick the weights; the Huber loss the house-prices
+    stack uses does not, and scores stay RMSE (``fit_loss`` fits, ``loss`` scores)."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(12, 0.4, 600)
+    good = y + rng.normal(0, 0.05, 600)  # the better model on every ordinary row
+    poor = y + rng.normal(0, 0.15, 600)
+    good[:2], poor[:2] = y[:2] + 2.5, y[:2] + 1.0  # two gross misses, where the poor model misses less
+    preds, folds = np.column_stack([good, poor]), np.arange(600) % 3
+    squared = blending.fit_simplex_weights(preds, y)
+    huber = blending.fit_simplex_weights(preds, y, stack_loss)
+    assert huber[0] > squared[0] + 0.1 and huber[0] > 0.8
+    scores = blending.cross_fitted_scores(preds, y, folds, fit_loss=stack_loss)
+    oof, _ = blending.cross_fitted_blend(preds, y, folds, stack_loss)
+    assert scores == pytest.approx([rmse(y[folds == k], oof[folds == k]) for k in range(3)])
+    assert scores[2] < blending.cross_fitted_scores(preds, y, folds)[2]  # fold 2 holds neither gross miss
