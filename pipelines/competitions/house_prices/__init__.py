@@ -16,11 +16,9 @@ from pipelines.core.records import REPO_ROOT
 
 
 def _spec(data_dir: str | None):
-    from pipelines.competitions.house_prices.pipeline import ID, NAME, TARGET, load
-    from submissions.writer import SubmissionSpec
+    from pipelines.competitions.house_prices.pipeline import load, submission_spec
 
-    _, test = load(data_dir)
-    return SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
+    return submission_spec(load(data_dir)[1])
 
 
 def _objective(args):

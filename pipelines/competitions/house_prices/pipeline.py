@@ -102,6 +102,11 @@ def log_rmse(y: np.ndarray, pred: np.ndarray) -> float:
     return blending.rmse(np.log(y), _log(pred))
 
 
+def submission_spec(test: pd.DataFrame) -> SubmissionSpec:
+    """What a submission must be: every test Id once, a positive price (``submit`` checks files against it)."""
+    return SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
+
+
 # ------------------------------------------------------------------------------------------ presets
 def cv_repeats(fit_predict: Callable, folds: np.ndarray, y: np.ndarray, metric: Callable, *,
                fit_mask: np.ndarray | None, refit: Callable | None, progress: bool, desc: str,
@@ -324,7 +329,7 @@ def write_house_run(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFr
     per_model_oof = {f"oof_{n}": np.exp(cv.log_oof[0, :, i]) for i, n in enumerate(cv.names)}
     oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds[0], TARGET: price, "prediction": blend_oof,
                               "scored": True, **per_model_oof})
-    spec = SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
+    spec = submission_spec(test)
     figure = plot_run({**summary["models"], "stack": {"fold_scores": stack["fold_scores"]}}, price, blend_oof,
                       outliers, f"{cfg.preset}: CV {summary['cv_mean']:.4f} on all rows")
     record = house_record(cfg, train, stack, summary, folds, outliers)
@@ -347,7 +352,8 @@ def house_record(cfg: HousePricesConfig, train: pd.DataFrame, stack: dict, summa
         **cfg.extra_record,
     }
     return RunRecord(
-        competition=NAME, preset=cfg.preset, cv_mean=summary["cv_mean"], metric="log_rmse", cv_std=summary["cv_std"],
+        competition=NAME, preset=cfg.preset, cv_mean=summary["cv_mean"], metric=COMPETITION.metric,
+        cv_std=summary["cv_std"],
         fold_scores=stack["fold_scores"], seed=cfg.seed, config=asdict(cfg), data_dir=cfg.data_dir,
         folds={"strategy": "binned", "n_splits": cfg.folds, "n_repeats": cfg.repeats,
                "seeds": [cfg.seed + r for r in range(cfg.repeats)], "ids": folds[0], "repeats": folds},

@@ -15,13 +15,11 @@ from pipelines.core.records import REPO_ROOT
 
 
 def _spec(data_dir: str | None):
-    from pipelines.competitions.leaves.pipeline import read_table  # the pipeline's own checks of its CSVs
-    from submissions.writer import SubmissionSpec
+    from pipelines.competitions.leaves.pipeline import read_table, submission_spec  # the pipeline's own checks
 
     folder = Path(data_dir) if data_dir else COMPETITION.default_data
     train, test = read_table(folder / "train.csv", ["image", "label"]), read_table(folder / "test.csv", ["image"])
-    return SubmissionSpec(COMPETITION.name, ["image", "label"], ids=test["image"],
-                          labels=set(train["label"].dropna()), numeric=False)
+    return submission_spec(test, train["label"].dropna())
 
 
 def _objective(args):

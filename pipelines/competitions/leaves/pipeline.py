@@ -40,7 +40,7 @@ from pipelines.core.records import REPO_ROOT, RunRecord, dumps
 if TYPE_CHECKING:
     import torch
 
-    from submissions.writer import RunFiles
+    from submissions.writer import RunFiles, SubmissionSpec
 
 COMPETITION, DEFAULT_DATA = LEAVES.name, LEAVES.default_data  # registered once, in this package's __init__
 # CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
@@ -285,6 +285,13 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
     workers = max(1, min(8, os.cpu_count() or 1))
     return LeafData(root, source, train, test, classes, y, load_images(train_paths, size, workers),
                     load_images(test_paths, size, workers), size)
+
+
+def submission_spec(test: pd.DataFrame, classes) -> SubmissionSpec:
+    """What a submission must be: every test image once, each labelled with one of the training ``classes``."""
+    from submissions.writer import SubmissionSpec
+
+    return SubmissionSpec(COMPETITION, ["image", "label"], ids=test["image"], labels=set(classes), numeric=False)
 
 
 # -------------------------------------------------------------------------------------------- one fold
@@ -711,13 +718,12 @@ def write_leaves_run(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, resul
                      load_seconds: float) -> RunFiles:
     """The submission (argmax of the test probabilities), the OOF table with every class's probability, the
     test probabilities a blend needs, the record and the figures, through the shared writer."""
-    from submissions.writer import SubmissionSpec, write_run
+    from submissions.writer import write_run
 
     classes = np.asarray(data.classes)
     trained = np.isin(folds, sorted(fold_info))
     submission = pd.DataFrame({"image": data.test["image"], "label": classes[result.test.argmax(1)]})
-    spec = SubmissionSpec(COMPETITION, ["image", "label"], ids=data.test["image"], labels=set(data.classes),
-                          numeric=False)
+    spec = submission_spec(data.test, data.classes)
     oof = pd.DataFrame({"image": data.train["image"], "fold": folds, "label": data.train["label"]})[trained]
     oof["pred"] = classes[result.oof[trained].argmax(1)]
     prob_columns = [f"p_{c}" for c in data.classes]
@@ -759,7 +765,7 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
         **cfg.extra_record,
     }
     return RunRecord(
-        competition=COMPETITION, preset=cfg.model, cv_mean=result.mean, metric="accuracy", cv_std=result.std,
+        competition=COMPETITION, preset=cfg.model, cv_mean=result.mean, metric=LEAVES.metric, cv_std=result.std,
         fold_scores=result.fold_scores, seed=cfg.seed, config=dataclasses.asdict(cfg), data_dir=str(data.root),
         folds={"strategy": "stratified", "n_splits": cfg.folds, "ids": folds}, kaggle_competition=LEAVES.kaggle_slug,
         timings=timings, extra=extra,
