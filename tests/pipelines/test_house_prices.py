@@ -39,6 +39,7 @@ def test_strong_preset_beats_d2l_on_the_same_folds(runs):
     assert strong["cv_mean"] < d2l["cv_mean"]
     assert abs(sum(strong["blend_weights"].values()) - 1) < 1e-9
     assert min(strong["blend_weights"].values()) >= 0
+    assert set(strong["guard"]) == {"gap", "oof_ids", "test_ids"}  # what the extrapolation guard moved, recorded
 
 
 def test_run_writes_submission_record_oof_and_plot(runs):
@@ -175,6 +176,40 @@ def test_a_house_far_outside_the_training_range_stays_within_its_neighbourhoods_
     price = pd.read_csv(out["files"].submission).set_index("Id").loc[99999, "SalePrice"]
     hood = train.loc[train["Neighborhood"] == mansion["Neighborhood"].item(), "SalePrice"]
     assert hood.median() < price < 2 * hood.max(), (price, hood.describe())
+
+
+def test_the_guard_gives_a_row_the_model_kinds_disagree_on_the_bounded_models_price():
+    from pipelines.competitions.house_prices.pipeline import GUARD_LOG_GAP, bounded_models, guard
+
+    bounded, weights = bounded_models(["huber_lasso", "catboost"]), np.array([0.4, 0.6])
+    assert bounded.tolist() == [False, True]
+    # agree; extrapolated far above the trees (a huge house); just inside the gap
+    preds = np.array([[12.0, 12.1], [13.5, 12.4], [12.0, 12.0 + 0.9 * GUARD_LOG_GAP]])
+    stacked, moved = guard(preds, weights, bounded)
+    assert moved.tolist() == [False, True, False]
+    assert stacked[1] == 12.4 and stacked[[0, 2]] == pytest.approx(preds[[0, 2]] @ weights)
+    # a stack of one kind has nothing to fall back on, and a bounded group without weight is averaged
+    assert not guard(preds, weights, np.array([True, True]))[1].any()
+    three = guard(np.array([[14.0, 12.0, 12.2]]), np.array([1.0, 0.0, 0.0]),
+                  bounded_models(["lasso", "catboost", "lgbm"]))[0]
+    assert three[0] == pytest.approx(12.1)
+
+
+def test_the_guarded_stack_cv_is_scored_with_weights_and_guard_from_other_folds():
+    from pipelines.competitions.house_prices.pipeline import fit_stack
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(12, 0.4, size=200)
+    folds = np.arange(200) % 5
+    trees, linear = y + rng.normal(0, 0.10, 200), y + rng.normal(0, 0.08, 200)
+    linear[[3, 77]] += 1.5  # two rows the linear model extrapolates on
+    log_oof = np.column_stack([linear, trees])[None]
+    plain, guarded = (fit_stack(log_oof, y, folds[None], bounded=b) for b in (None, np.array([False, True])))
+    assert guarded["cv_mean"] < plain["cv_mean"]
+    moved_folds = {3 % 5, 77 % 5}
+    for k in range(5):  # folds without such a row score the same
+        same = guarded["fold_scores"][k] == pytest.approx(plain["fold_scores"][k])
+        assert same != (k in moved_folds)
 
 
 def test_mlp_trains_through_the_shared_loop_and_is_reproducible():

@@ -22,8 +22,8 @@ from sklearn.svm import SVR
 from features.house import make_preprocessor
 from pipelines.core.errors import PipelineError
 
-__all__ = ["DEFAULT_MODELS", "FAST_MODELS", "STRONG_MODELS", "SEARCH_SPACES", "HuberLasso", "make_model",
-           "make_preprocessor", "model_names"]
+__all__ = ["BOUNDED_MODELS", "DEFAULT_MODELS", "FAST_MODELS", "STRONG_MODELS", "SEARCH_SPACES", "HuberLasso",
+           "make_model", "make_preprocessor", "model_names"]
 
 # the preset (chosen on 3 x 5-fold all-rows CV, fold seeds 10-12) and its quick variant (``--fast``: huber_lasso
 # there gained 0.0002 on that CV, not worth its three extra Lasso fits against the 15 s budget)
@@ -33,6 +33,9 @@ FAST_MODELS = ("lasso", "lgbm")
 # house, so by default they are fitted without the two documented outliers (trees keep them, and
 # huber_lasso down-weights whatever rows its own fit cannot explain)
 SMOOTH_MODELS = frozenset({"lasso", "enet", "ridge", "krr", "svr", "knn", "mlp"})
+# models whose predictions stay within the prices they were fitted on (trees, k-NN); the others extrapolate.
+# Where the two groups disagree by a wide margin the stack takes these ones' price (``pipeline.guard``)
+BOUNDED_MODELS = frozenset({"catboost", "lgbm", "xgb", "hgb", "extra", "gbr", "knn"})
 
 
 def _lgbm(seed: int, **params) -> RegressorMixin:

@@ -43,6 +43,10 @@ PRESETS = ("d2l", "strong")
 # leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: the smooth
 # models only (None), chosen on the all-rows repeated CV (docs/house-prices.md)
 DROP_OUTLIERS_DEFAULT: dict[str, bool | None] = {"d2l": False, "strong": None}
+# the extrapolation guard (``guard``): a row on which the extrapolating and the bounded models disagree by more
+# than this in log price (a factor of 1.65) gets the bounded models' price. On the repeated CV it moved only
+# the two outliers' rows, each for the better; on the test set it moves one house (docs/house-prices.md)
+GUARD_LOG_GAP = 0.5
 
 
 @dataclass
@@ -242,8 +246,8 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
     outliers = outlier_mask(train)
     cv = cv_models(cfg, train, test, folds, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
-    stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds)
-    summary = summarise(cfg, train, cv, stack, folds, outliers, start)
+    stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds, bounded=bounded_models(cv.names))
+    summary = summarise(cfg, train, test, cv, stack, folds, outliers, start)
     if not write:
         return summary
     return {**summary, "files": write_house_run(cfg, train, test, cv, stack, summary, folds, outliers)}
@@ -287,13 +291,16 @@ def cv_models(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, f
     return ModelsCV(names, results, log_oof, log_test)
 
 
-def summarise(cfg: HousePricesConfig, train: pd.DataFrame, cv: ModelsCV, stack: dict, folds: np.ndarray,
-              outliers: np.ndarray, start: float) -> dict:
+def summarise(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, cv: ModelsCV, stack: dict,
+              folds: np.ndarray, outliers: np.ndarray, start: float) -> dict:
     """The run's scores: the stack's all-rows CV (and, for comparison only, with the outliers unscored), each
-    model's, the stack weights and the outliers' out-of-fold errors."""
+    model's, the stack weights, the outliers' out-of-fold errors and the rows the guard moved."""
     log_y = np.log(train[TARGET].to_numpy())
-    stack_excl = fit_stack(cv.log_oof, log_y, folds, mask=~outliers)  # the old headline, for comparison only
-    blend_oof = np.exp(blending.blend(cv.log_oof[0], stack["weights"]))
+    bounded = bounded_models(cv.names)
+    stack_excl = fit_stack(cv.log_oof, log_y, folds, mask=~outliers, bounded=bounded)  # comparison only
+    log_oof = guard(cv.log_oof[0], stack["weights"], bounded)[0]
+    guarded_oof = np.any([guard(repeat, stack["weights"], bounded)[1] for repeat in cv.log_oof], axis=0)
+    guarded_test = guard(cv.log_test, stack["weights"], bounded)[1]
     seconds = time.perf_counter() - start
     return {"cv_mean": stack["cv_mean"], "cv_std": stack["cv_std"], "rows": len(train),
             "repeat_means": stack["repeat_means"], "cv_excluding_outliers": stack_excl["cv_mean"],
@@ -301,7 +308,9 @@ def summarise(cfg: HousePricesConfig, train: pd.DataFrame, cv: ModelsCV, stack: 
             "models": per_model_scores(cv, log_y, folds, outliers, stack["weights"]),
             "weights": dict(zip(cv.names, map(float, stack["weights"]), strict=True)), "seconds": seconds,
             "outlier_errors": {int(i): float(e) for i, e in zip(train[ID][outliers],
-                                                                 (np.log(blend_oof) - log_y)[outliers], strict=True)}}
+                                                                 (log_oof - log_y)[outliers], strict=True)},
+            "guarded": {"gap": GUARD_LOG_GAP, "oof_ids": train[ID][guarded_oof].tolist(),
+                        "test_ids": test[ID][guarded_test].tolist()}}
 
 
 def per_model_scores(cv: ModelsCV, log_y: np.ndarray, folds: np.ndarray, outliers: np.ndarray,
@@ -323,9 +332,9 @@ def write_house_run(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFr
                     summary: dict, folds: np.ndarray, outliers: np.ndarray):
     """The stack's submission, its OOF table (every model's column too), the record and the CV figure,
     through the shared writer; returns the written files."""
-    price, weights = train[TARGET].to_numpy(), stack["weights"]
-    blend_oof = np.exp(blending.blend(cv.log_oof[0], weights))
-    submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: np.exp(blending.blend(cv.log_test, weights))})
+    price, weights, bounded = train[TARGET].to_numpy(), stack["weights"], bounded_models(cv.names)
+    blend_oof = np.exp(guard(cv.log_oof[0], weights, bounded)[0])
+    submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: np.exp(guard(cv.log_test, weights, bounded)[0])})
     per_model_oof = {f"oof_{n}": np.exp(cv.log_oof[0, :, i]) for i, n in enumerate(cv.names)}
     oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds[0], TARGET: price, "prediction": blend_oof,
                               "scored": True, **per_model_oof})
@@ -348,6 +357,7 @@ def house_record(cfg: HousePricesConfig, train: pd.DataFrame, stack: dict, summa
         "outliers": {"ids": train[ID][outliers].tolist(), "policy": outlier_policy(cfg),
                      "fitted_without": summary["fitted_without_outliers"], "oof_log_error": summary["outlier_errors"]},
         "blend_weights": summary["weights"],
+        "guard": summary["guarded"],
         "models": summary["models"],
         **cfg.extra_record,
     }
@@ -365,22 +375,58 @@ def _log(price: np.ndarray) -> np.ndarray:
     return np.log(np.clip(price, 1, None))
 
 
-def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: np.ndarray | None = None) -> dict:
-    """The level-2 stack: non-negative weights summing to one on the models' OOF log prices.
+def bounded_models(names: list[str]) -> np.ndarray:
+    """Which of ``names`` stay within the prices they were fitted on (trees, k-NN: ``BOUNDED_MODELS``)."""
+    from pipelines.competitions.house_prices.estimators import BOUNDED_MODELS
+
+    return np.array([n in BOUNDED_MODELS for n in names], bool)
+
+
+def guard(log_preds: np.ndarray, weights: np.ndarray, bounded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stack's log prices, and which rows the extrapolation guard gave the bounded models' price.
+
+    A linear model prices a house outside the rows it was fitted on by extrapolating; trees and k-NN price
+    it like the nearest houses they saw. Where the two groups (each its stack-weighted mean; equal weights
+    if the stack gave the group none) differ by more than ``GUARD_LOG_GAP``, the row is one that the
+    extrapolation decides, so the bounded group's price is taken. A stack of one kind only is unchanged.
+    """
+    stacked = blending.blend(log_preds, weights)
+    if bounded.all() or not bounded.any():
+        return stacked, np.zeros(len(stacked), bool)
+
+    def group(members: np.ndarray) -> np.ndarray:
+        w = weights[members] if weights[members].sum() > 0 else np.ones(members.sum())
+        return blending.blend(log_preds[:, members], w / w.sum())
+
+    inside = group(bounded)
+    guarded = np.abs(group(~bounded) - inside) > GUARD_LOG_GAP
+    return np.where(guarded, inside, stacked), guarded
+
+
+def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: np.ndarray | None = None,
+              bounded: np.ndarray | None = None) -> dict:
+    """The level-2 stack: non-negative weights summing to one on the models' OOF log prices, then ``guard``.
 
     The weights minimise a Huber loss (``stack_loss``), the scores are RMSE on every row. Its CV is
-    cross-fitted per repeat (``blending.cross_fitted_scores``: the weights scored on a fold never saw it);
-    the weights used for the test set are fitted on every repeat's OOF rows at once. Convex weights keep
-    every prediction between the models' own, so no single model's extrapolation can be amplified.
-    ``mask`` restricts fitting and scoring to some rows (comparison figures only).
+    cross-fitted per repeat (``blending.cross_fitted_blend``: the weights scored on a fold never saw it,
+    and the guard uses that fold's weights); the weights used for the test set are fitted on every repeat's
+    OOF rows at once. Convex weights keep every prediction between the models' own, so no single model's
+    extrapolation can be amplified. ``mask`` restricts fitting and scoring to some rows (comparison figures
+    only); ``bounded`` marks the models the guard trusts (``bounded_models``; default none: no guard).
     """
     repeats, rows, n_models = log_oof.shape
     mask = np.ones(rows, bool) if mask is None else mask
+    bounded = np.zeros(n_models, bool) if bounded is None else bounded
     weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats),
                                            stack_loss)
-    # one model: its weight is 1 in every fold, so this is the model's own per-fold score
-    per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask, fit_loss=stack_loss)
-                  for r in range(repeats)]
+    per_repeat = []
+    for r in range(repeats):  # one model: its weight is 1 in every fold, so this is its own per-fold score
+        _, fold_weights = blending.cross_fitted_blend(log_oof[r], log_y, folds[r], stack_loss, mask)
+        scores = []
+        for k, w in fold_weights.items():
+            rows_k = (folds[r] == k) & mask
+            scores.append(blending.rmse(log_y[rows_k], guard(log_oof[r, rows_k], w, bounded)[0]))
+        per_repeat.append(scores)
     scores = [s for rep in per_repeat for s in rep]
     return {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
             "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat]}
@@ -447,6 +493,10 @@ def run(args: argparse.Namespace) -> int:
     without = ", ".join(out["fitted_without_outliers"]) or "none"
     print(f"outliers ({out['outlier_policy']}; fitted without them: {without}): OOF log errors {errors}; "
           f"CV with them unscored {out['cv_excluding_outliers']:.5f} (comparison only)")
+    moved = out["guarded"]
+    if moved["oof_ids"] or moved["test_ids"]:
+        print(f"extrapolation guard (models apart by > {moved['gap']} in log price: the trees' and k-NN's price): "
+              f"OOF Ids {moved['oof_ids'] or 'none'} (any repeat), test Ids {moved['test_ids'] or 'none'}")
     spread = f"fold spread ± {out['cv_std']:.5f}"
     if cfg.repeats > 1:
         spread += ", repeat means " + " ".join(f"{m:.5f}" for m in out["repeat_means"])
