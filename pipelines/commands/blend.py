@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,15 +98,16 @@ def space_columns(frame: pd.DataFrame, columns: list[str], spec: BlendSpec) -> n
     return np.column_stack([spec.to_space(frame[c].to_numpy(float)) for c in columns])
 
 
-def base_columns(oof: pd.DataFrame, spec: BlendSpec) -> np.ndarray:
-    """A run's honest out-of-fold building blocks, in the metric's space.
+def base_columns(oof: pd.DataFrame, spec: BlendSpec) -> tuple[np.ndarray, list[str]]:
+    """A run's honest out-of-fold building blocks, in the metric's space, and their model names.
 
     A run that blended several models wrote ``prediction`` with weights fitted on *every* row, so scoring
     that column is slightly optimistic; its per-model ``oof_*`` columns are truly out-of-fold. A
     single-model run's ``prediction`` is its one column.
     """
     columns = [c for c in oof.columns if c.startswith("oof_")]
-    return space_columns(oof, columns if len(columns) > 1 else ["prediction"], spec)
+    columns = columns if len(columns) > 1 else ["prediction"]
+    return space_columns(oof, columns, spec), [c.removeprefix("oof_") for c in columns]
 
 
 WEIGHTS = ("fit", "equal")  # ``--weights``: fitted on out-of-fold predictions, or 1/n (nothing fitted)
@@ -118,20 +120,24 @@ def blend_weights(mode: str, preds: np.ndarray, y: np.ndarray, loss=blending.rms
 
 
 def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
-                               mask: np.ndarray, mode: str = "fit", fit_loss=None) -> list[float]:
+                               mask: np.ndarray, mode: str = "fit", fit_loss=None,
+                               combines: list[Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+                               ) -> list[float]:
     """Per-fold score of the blend where neither the runs' own model weights nor the blend's saw that fold.
 
     ``cross_fitted_scores`` one level deeper: for each held-out fold, every run's inner weights are refitted
     on the other folds from its base columns, then the blend's weights on the same rows (``mode="equal"``:
     1/n, nothing to fit; a multi-model run's inner weights are still refitted). Weights minimise ``fit_loss``
-    (default: RMSE), scores are RMSE.
+    (default: RMSE), scores are RMSE. ``combines[i](columns, weights)`` makes run i's prediction from its
+    base columns (default: the weighted mean; house prices: the stack with its extrapolation guard).
     """
     fit_loss = fit_loss or blending.rmse
+    combines = combines or [blending.blend] * len(bases)
     scores = []
     for k in np.unique(folds):
         fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
-        runs = np.column_stack([blending.blend(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows], fit_loss))
-                                for b in bases])
+        runs = np.column_stack([combine(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows], fit_loss))
+                                for b, combine in zip(bases, combines, strict=True)])
         w = blend_weights(mode, runs[fit_rows], y[fit_rows], fit_loss)
         scores.append(blending.rmse(y[score_rows], blending.blend(runs[score_rows], w)))
     return scores
@@ -158,14 +164,15 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
     log_y = spec.to_space(price)  # "log_": in the metric's space, log price for house prices
     log_oof = np.column_stack([space_columns(o, ["prediction"], spec) for o in oofs])  # what the test side matches
     log_test = np.column_stack([space_columns(s, [TARGET], spec) for s in subs])
-    bases = [base_columns(o, spec) for o in oofs]
+    bases, names = zip(*(base_columns(o, spec) for o in oofs), strict=True)
+    combines = [blending.blend if spec.combine is None else (lambda p, w, n=n: spec.combine(p, w, n)) for n in names]
 
     def fold_scores(pred: np.ndarray) -> list[float]:
         return [blending.rmse(log_y[(folds == k) & scored], pred[(folds == k) & scored]) for k in np.unique(folds)]
 
     inputs = []
-    for r, b in zip(runs, bases, strict=True):
-        scores = (blending.cross_fitted_scores(b, log_y, folds, mask=scored, fit_loss=spec.fit_loss)
+    for r, b, combine in zip(runs, bases, combines, strict=True):  # each run rescored as it scored itself
+        scores = (nested_cross_fitted_scores([b], log_y, folds, scored, "fit", spec.fit_loss, [combine])
                   if b.shape[1] > 1 else fold_scores(b[:, 0]))
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),
@@ -176,12 +183,12 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
     def blended(preds: np.ndarray) -> np.ndarray:  # equal: exactly the mean, in the metric's space
         return preds.mean(1) if mode == "equal" else blending.blend(preds, weights)
 
-    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored, mode, spec.fit_loss)
+    blend_scores = nested_cross_fitted_scores(bases, log_y, folds, scored, mode, spec.fit_loss, combines)
     blend_oof = spec.from_space(blended(log_oof))
     for info, w in zip(inputs, weights, strict=True):
         info["weight"] = float(w)
-    equal = nested_cross_fitted_scores(bases, log_y, folds, scored, "equal", spec.fit_loss) if mode == "fit" \
-        else blend_scores
+    equal = (nested_cross_fitted_scores(bases, log_y, folds, scored, "equal", spec.fit_loss, combines)
+             if mode == "fit" else blend_scores)
     return {
         "mode": mode,
         "weights": weights,

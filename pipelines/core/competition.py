@@ -53,6 +53,10 @@ class BlendSpec:
     # RMSE); the scores stay RMSE. House prices: a Huber loss, as its stack fits its own weights
     fit_loss: Callable[[np.ndarray, np.ndarray], float] | None = None
     fit_loss_name: str = "RMSE"  # what the blend's table says its weights minimise
+    # regression: how a run's per-model OOF columns, its stack weights and its model names (``oof_<name>``)
+    # make its prediction (None: the weighted mean). House prices: the weighted mean, then the extrapolation
+    # guard, as its own stack does, so a blend rescores each run exactly as the run scored itself
+    combine: Callable[[np.ndarray, np.ndarray, list[str]], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,18 @@ def test_huber_weights_follow_the_rows_the_models_predict_not_two_gross_misses()
     oof, _ = blending.cross_fitted_blend(preds, y, folds, stack_loss)
     assert scores == pytest.approx([rmse(y[folds == k], oof[folds == k]) for k in range(3)])
     assert scores[2] < blending.cross_fitted_scores(preds, y, folds)[2]  # fold 2 holds neither gross miss
+
+
+def test_a_blend_rescores_a_house_run_as_its_stack_scored_it_extrapolation_guard_included():
+    from pipelines.competitions.house_prices import COMPETITION
+    from pipelines.competitions.house_prices.pipeline import bounded_models, fit_stack
+
+    rng = np.random.default_rng(1)
+    y, folds, mask = rng.normal(12, 0.4, 150), np.arange(150) % 3, np.ones(150, bool)
+    linear, trees = y + rng.normal(0, 0.08, 150), y + rng.normal(0, 0.1, 150)
+    linear[[4, 50]] += 1.5  # rows the linear model extrapolates on: the guard gives them the trees' price
+    columns, names = np.column_stack([linear, trees]), ["lasso", "catboost"]
+    own = fit_stack(columns[None], y, folds[None], bounded=bounded_models(names))["fold_scores"]
+    combine = lambda p, w: COMPETITION.blend.combine(p, w, names)  # noqa: E731
+    assert nested_cross_fitted_scores([columns], y, folds, mask, "fit", stack_loss, [combine]) == pytest.approx(own)
+    assert nested_cross_fitted_scores([columns], y, folds, mask, "fit", stack_loss) != pytest.approx(own)

@@ -44,6 +44,13 @@ def stack_loss(y: np.ndarray, pred: np.ndarray) -> float:
     return huber_loss(STACK_HUBER_DELTA)(y, pred)
 
 
+def _stack(preds: np.ndarray, weights: np.ndarray, names: list[str]) -> np.ndarray:
+    """A run's stack from its per-model log prices: the weighted mean, then the extrapolation guard."""
+    from pipelines.competitions.house_prices.pipeline import bounded_models, guard
+
+    return guard(preds, weights, bounded_models(names))[0]
+
+
 def _log_price(price: np.ndarray) -> np.ndarray:
     """The metric's space: log price, predictions clamped to >= 1 as the metric does (d2l)."""
     return np.log(np.clip(price, 1, None))
@@ -63,6 +70,6 @@ COMPETITION = Competition(
     add_tune_arguments=_tune_arguments,
     blend=BlendSpec(id_column="Id", target="SalePrice", space="log price", to_space=_log_price,
                     from_space=np.exp, fit_loss=stack_loss,
-                    fit_loss_name=f"Huber loss (delta {STACK_HUBER_DELTA})"),
+                    fit_loss_name=f"Huber loss (delta {STACK_HUBER_DELTA})", combine=_stack),
     aliases=("house",),
 )
