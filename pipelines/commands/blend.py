@@ -172,7 +172,7 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
 
     inputs = []
     for r, b, combine in zip(runs, bases, combines, strict=True):  # each run rescored as it scored itself
-        scores = (nested_cross_fitted_scores([b], log_y, folds, scored, "fit", spec.fit_loss, [combine])
+        scores = (blending.cross_fitted_scores(b, log_y, folds, mask=scored, fit_loss=spec.fit_loss, combine=combine)
                   if b.shape[1] > 1 else fold_scores(b[:, 0]))
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),

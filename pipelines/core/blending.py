@@ -74,19 +74,21 @@ def cross_fitted_blend(
     folds: np.ndarray,
     loss: Callable[[np.ndarray, np.ndarray], float] = rmse,
     mask: np.ndarray | None = None,
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray] = blend,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The blend's out-of-fold predictions, each fold's rows blended with weights fitted on the other folds'
     rows only (rows outside ``mask`` neither fit nor are scored), and those weights per fold.
 
-    Any metric of these predictions, fold by fold, is an honest CV of the blend (log-loss and accuracy for
-    class probabilities, RMSE for regression)."""
+    ``combine(preds, weights)`` makes the blended prediction (default: the weighted mean; a stack may add a
+    rule of its own on top, e.g. house prices' extrapolation guard). Any metric of these predictions, fold by
+    fold, is an honest CV of the blend (log-loss and accuracy for class probabilities, RMSE for regression)."""
     mask = np.ones(len(y), bool) if mask is None else mask
     oof = np.full((len(y), *preds.shape[2:]), np.nan)
     weights = {}
     for k in np.unique(folds):
         fit_rows, score_rows = (folds != k) & mask, (folds == k) & mask
         weights[int(k)] = fit_simplex_weights(preds[fit_rows], y[fit_rows], loss)
-        oof[score_rows] = blend(preds[score_rows], weights[int(k)])
+        oof[score_rows] = combine(preds[score_rows], weights[int(k)])
     return oof, weights
 
 
@@ -97,9 +99,10 @@ def cross_fitted_scores(
     loss: Callable[[np.ndarray, np.ndarray], float] = rmse,
     mask: np.ndarray | None = None,
     fit_loss: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray] = blend,
 ) -> list[float]:
     """Per-fold ``loss`` of a blend whose weights never saw that fold (rows outside ``mask`` not used); the
-    weights minimise ``fit_loss`` (default: ``loss`` itself)."""
+    weights minimise ``fit_loss`` (default: ``loss`` itself), ``combine`` blends (``cross_fitted_blend``)."""
     mask = np.ones(len(y), bool) if mask is None else mask
-    oof, _ = cross_fitted_blend(preds, y, folds, fit_loss or loss, mask)
+    oof, _ = cross_fitted_blend(preds, y, folds, fit_loss or loss, mask, combine)
     return [loss(y[(folds == k) & mask], oof[(folds == k) & mask]) for k in np.unique(folds)]

@@ -410,7 +410,7 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     """The level-2 stack: non-negative weights summing to one on the models' OOF log prices, then ``guard``.
 
     The weights minimise a Huber loss (``stack_loss``), the scores are RMSE on every row. Its CV is
-    cross-fitted per repeat (``blending.cross_fitted_blend``: the weights scored on a fold never saw it,
+    cross-fitted per repeat (``blending.cross_fitted_scores``: the weights scored on a fold never saw it,
     and the guard uses that fold's weights); the weights used for the test set are fitted on every repeat's
     OOF rows at once. Convex weights keep every prediction between the models' own, so no single model's
     extrapolation can be amplified. ``mask`` restricts fitting and scoring to some rows (comparison figures
@@ -421,14 +421,10 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     bounded = np.zeros(n_models, bool) if bounded is None else bounded
     weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats),
                                            stack_loss)
-    per_repeat = []
-    for r in range(repeats):  # one model: its weight is 1 in every fold, so this is its own per-fold score
-        _, fold_weights = blending.cross_fitted_blend(log_oof[r], log_y, folds[r], stack_loss, mask)
-        scores = []
-        for k, w in fold_weights.items():
-            rows_k = (folds[r] == k) & mask
-            scores.append(blending.rmse(log_y[rows_k], guard(log_oof[r, rows_k], w, bounded)[0]))
-        per_repeat.append(scores)
+    # one model: its weight is 1 in every fold, so this is the model's own per-fold score
+    per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask, fit_loss=stack_loss,
+                                               combine=lambda p, w: guard(p, w, bounded)[0])
+                  for r in range(repeats)]
     scores = [s for rep in per_repeat for s in rep]
     return {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
             "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat]}
