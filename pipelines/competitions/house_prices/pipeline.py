@@ -248,7 +248,8 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
     outliers = outlier_mask(train)
     cv = cv_models(cfg, train, test, folds, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
-    stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds, bounded=bounded_models(cv.names))
+    stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds, bounded=bounded_models(cv.names),
+                      log_test=cv.log_test)
     summary = summarise(cfg, train, test, cv, stack, folds, outliers, start)
     if not write:
         return summary
@@ -298,11 +299,7 @@ def summarise(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, c
     """The run's scores: the stack's all-rows CV (and, for comparison only, with the outliers unscored), each
     model's, the stack weights, the outliers' out-of-fold errors and the rows the guard moved."""
     log_y = np.log(train[TARGET].to_numpy())
-    bounded = bounded_models(cv.names)
-    stack_excl = fit_stack(cv.log_oof, log_y, folds, mask=~outliers, bounded=bounded)  # comparison only
-    log_oof = guard(cv.log_oof[0], stack["weights"], bounded)[0]
-    guarded_oof = np.any([guard(repeat, stack["weights"], bounded)[1] for repeat in cv.log_oof], axis=0)
-    guarded_test = guard(cv.log_test, stack["weights"], bounded)[1]
+    stack_excl = fit_stack(cv.log_oof, log_y, folds, mask=~outliers, bounded=stack["bounded"])  # comparison only
     seconds = time.perf_counter() - start
     return {"cv_mean": stack["cv_mean"], "cv_std": stack["cv_std"], "rows": len(train),
             "repeat_means": stack["repeat_means"], "cv_excluding_outliers": stack_excl["cv_mean"],
@@ -310,9 +307,9 @@ def summarise(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, c
             "models": per_model_scores(cv, log_y, folds, outliers, stack["weights"]),
             "weights": dict(zip(cv.names, map(float, stack["weights"]), strict=True)), "seconds": seconds,
             "outlier_errors": {int(i): float(e) for i, e in zip(train[ID][outliers],
-                                                                 (log_oof - log_y)[outliers], strict=True)},
-            "guarded": {"gap": GUARD_LOG_GAP, "oof_ids": train[ID][guarded_oof].tolist(),
-                        "test_ids": test[ID][guarded_test].tolist()}}
+                                                                 (stack["log_oof"] - log_y)[outliers], strict=True)},
+            "guarded": {"gap": GUARD_LOG_GAP, "oof_ids": train[ID][stack["moved_oof"]].tolist(),
+                        "test_ids": test[ID][stack["moved_test"]].tolist()}}
 
 
 def per_model_scores(cv: ModelsCV, log_y: np.ndarray, folds: np.ndarray, outliers: np.ndarray,
@@ -334,9 +331,8 @@ def write_house_run(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFr
                     summary: dict, folds: np.ndarray, outliers: np.ndarray):
     """The stack's submission, its OOF table (every model's column too), the record and the CV figure,
     through the shared writer; returns the written files."""
-    price, weights, bounded = train[TARGET].to_numpy(), stack["weights"], bounded_models(cv.names)
-    blend_oof = np.exp(guard(cv.log_oof[0], weights, bounded)[0])
-    submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: np.exp(guard(cv.log_test, weights, bounded)[0])})
+    price, blend_oof = train[TARGET].to_numpy(), np.exp(stack["log_oof"])
+    submission = pd.DataFrame({ID: test[ID].to_numpy(), TARGET: np.exp(stack["log_test"])})
     per_model_oof = {f"oof_{n}": np.exp(cv.log_oof[0, :, i]) for i, n in enumerate(cv.names)}
     oof_frame = pd.DataFrame({ID: train[ID].to_numpy(), "fold": folds[0], TARGET: price, "prediction": blend_oof,
                               "scored": True, **per_model_oof})
@@ -406,7 +402,7 @@ def guard(log_preds: np.ndarray, weights: np.ndarray, bounded: np.ndarray) -> tu
 
 
 def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: np.ndarray | None = None,
-              bounded: np.ndarray | None = None) -> dict:
+              bounded: np.ndarray | None = None, log_test: np.ndarray | None = None) -> dict:
     """The level-2 stack: non-negative weights summing to one on the models' OOF log prices, then ``guard``.
 
     The weights minimise a Huber loss (``stack_loss``), the scores are RMSE on every row. Its CV is
@@ -415,6 +411,10 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     OOF rows at once. Convex weights keep every prediction between the models' own, so no single model's
     extrapolation can be amplified. ``mask`` restricts fitting and scoring to some rows (comparison figures
     only); ``bounded`` marks the models the guard trusts (``bounded_models``; default none: no guard).
+
+    Also returns the stack's own predictions, computed once for the summary and the writer: ``log_oof``
+    (repeat 0, the OOF file's), ``moved_oof`` (rows the guard moved in any repeat) and, given ``log_test``,
+    ``log_test`` and ``moved_test``.
     """
     repeats, rows, n_models = log_oof.shape
     mask = np.ones(rows, bool) if mask is None else mask
@@ -426,8 +426,13 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
                                                combine=lambda p, w: guard(p, w, bounded)[0])
                   for r in range(repeats)]
     scores = [s for rep in per_repeat for s in rep]
-    return {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
-            "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat]}
+    stacked = [guard(repeat, weights, bounded) for repeat in log_oof]
+    out = {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
+           "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat],
+           "bounded": bounded, "log_oof": stacked[0][0], "moved_oof": np.any([m for _, m in stacked], axis=0)}
+    if log_test is not None:
+        out["log_test"], out["moved_test"] = guard(log_test, weights, bounded)
+    return out
 
 
 def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarray, title: str):
