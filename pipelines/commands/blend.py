@@ -101,9 +101,9 @@ def space_columns(frame: pd.DataFrame, columns: list[str], spec: BlendSpec) -> n
 def base_columns(oof: pd.DataFrame, spec: BlendSpec) -> tuple[np.ndarray, list[str]]:
     """A run's honest out-of-fold building blocks, in the metric's space, and their model names.
 
-    A run that blended several models wrote ``prediction`` with weights fitted on *every* row, so scoring
-    that column is slightly optimistic; its per-model ``oof_*`` columns are truly out-of-fold. A
-    single-model run's ``prediction`` is its one column.
+    A run that stacked several models is rescored from its per-model ``oof_*`` columns, so that its stack
+    weights (and guard) are refitted inside every fold of the blend's own CV; a single-model run's
+    ``prediction`` is its one column.
     """
     columns = [c for c in oof.columns if c.startswith("oof_")]
     columns = columns if len(columns) > 1 else ["prediction"]
@@ -167,13 +167,10 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
     bases, names = zip(*(base_columns(o, spec) for o in oofs), strict=True)
     combines = [blending.blend if spec.combine is None else (lambda p, w, n=n: spec.combine(p, w, n)) for n in names]
 
-    def fold_scores(pred: np.ndarray) -> list[float]:
-        return [blending.rmse(log_y[(folds == k) & scored], pred[(folds == k) & scored]) for k in np.unique(folds)]
-
     inputs = []
     for r, b, combine in zip(runs, bases, combines, strict=True):  # each run rescored as it scored itself
         scores = (blending.cross_fitted_scores(b, log_y, folds, mask=scored, fit_loss=spec.fit_loss, combine=combine)
-                  if b.shape[1] > 1 else fold_scores(b[:, 0]))
+                  if b.shape[1] > 1 else blending.fold_scores(log_y, b[:, 0], folds, mask=scored))
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),
                        "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),

@@ -103,6 +103,17 @@ def cross_fitted_scores(
 ) -> list[float]:
     """Per-fold ``loss`` of a blend whose weights never saw that fold (rows outside ``mask`` not used); the
     weights minimise ``fit_loss`` (default: ``loss`` itself), ``combine`` blends (``cross_fitted_blend``)."""
-    mask = np.ones(len(y), bool) if mask is None else mask
     oof, _ = cross_fitted_blend(preds, y, folds, fit_loss or loss, mask, combine)
-    return [loss(y[(folds == k) & mask], oof[(folds == k) & mask]) for k in np.unique(folds)]
+    return fold_scores(y, oof, folds, loss, mask)
+
+
+def fold_scores(
+    y: np.ndarray,
+    pred: np.ndarray,
+    folds: np.ndarray,
+    loss: Callable[[np.ndarray, np.ndarray], float] = rmse,
+    mask: np.ndarray | None = None,
+) -> list[float]:
+    """``loss`` on each fold's rows (those inside ``mask``), fold by fold: what a K-fold CV averages."""
+    mask = np.ones(len(y), bool) if mask is None else mask
+    return [loss(y[(folds == k) & mask], pred[(folds == k) & mask]) for k in np.unique(folds)]

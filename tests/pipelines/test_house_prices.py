@@ -57,6 +57,13 @@ def test_run_writes_submission_record_oof_and_plot(runs):
     assert record["outliers"]["fitted_without"] == [m for m in record["models"] if m in ("lasso", "svr")]
     assert record["seed"] == 0 and len(record["folds"]["ids"]) == 1460 and record["config"]["preset"] == "strong"
     assert files.figures["cv"].stat().st_size > 10_000
+    # the OOF file holds exactly what the CV scores: the stack cross-fitted fold by fold
+    log_y, log_pred, folds = np.log(oof["SalePrice"]), np.log(oof["prediction"]), oof["fold"].to_numpy()
+    by_fold = [rmse(log_y[folds == k], log_pred[folds == k]) for k in range(5)]
+    assert np.mean(by_fold) == pytest.approx(record["cv_mean"]) and by_fold == pytest.approx(record["fold_scores"])
+    assert rmse(log_y, log_pred) == pytest.approx(record["cv_pooled"])
+    assert record["cv_pooled"] > record["cv_mean"]  # pooled, the two outliers' fold weighs by its rows
+    assert record["cv_repeat_averaged"] is None  # one repeat: nothing to average
 
 
 def test_same_seed_gives_byte_identical_submissions(runs, tmp_path):
@@ -110,6 +117,27 @@ def test_repeated_folds_are_recorded_and_every_repeat_is_scored(tmp_path):
     assert len(record["fold_scores"]) == 6 and len(record["repeat_means"]) == 3
     assert record["cv_mean"] == pytest.approx(np.mean(record["fold_scores"]))
     assert record["cv_mean"] == pytest.approx(np.mean(record["repeat_means"]))
+
+
+def test_test_pred_average_submits_the_mean_of_every_fold_model_and_fits_nothing_on_all_rows(tmp_path, monkeypatch):
+    fitted_on = []
+    original = HouseImputer.fit
+
+    def spy(self, X, y=None):
+        fitted_on.append(len(X))
+        return original(self, X, y)
+
+    monkeypatch.setattr(HouseImputer, "fit", spy)
+    quick = {"preset": "strong", "models": ["ridge"], "folds": 2, "repeats": 2, "drop_outliers": False}
+    averaged = _run(tmp_path / "avg", **quick, test_pred="average")
+    assert len(fitted_on) == 4 and max(fitted_on) < 1460  # 2 x 2 fold models, no refit
+    refit = _run(tmp_path / "refit", **quick)
+    assert len(fitted_on) == 9 and sorted(fitted_on[4:])[-1] == 1460  # ... the refit on every row
+    assert averaged["cv_mean"] == refit["cv_mean"]  # the CV is the same; only the test side differs
+    a, b = (pd.read_csv(r["files"].submission)["SalePrice"] for r in (averaged, refit))
+    assert not a.equals(b) and np.corrcoef(np.log(a), np.log(b))[0, 1] > 0.99
+    record = json.loads(averaged["files"].record.read_text())
+    assert record["config"]["test_pred"] == "average" and record["cv_repeat_averaged"]["cv_pooled"] > 0
 
 
 TINY = {"lgbm": {"n_estimators": 20}, "xgb": {"n_estimators": 20}, "catboost": {"iterations": 20, "seeds": 1},
@@ -210,6 +238,25 @@ def test_the_guarded_stack_cv_is_scored_with_weights_and_guard_from_other_folds(
     for k in range(5):  # folds without such a row score the same
         same = guarded["fold_scores"][k] == pytest.approx(plain["fold_scores"][k])
         assert same != (k in moved_folds)
+
+
+def test_the_repeat_averaged_oof_is_each_rows_mean_of_its_cross_fitted_stack_predictions():
+    from pipelines.competitions.house_prices.pipeline import fit_stack
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(12, 0.4, size=300)
+    log_oof = np.stack([np.column_stack([y + rng.normal(0, 0.1, 300), y + rng.normal(0.02, 0.12, 300)])
+                        for _ in range(3)])  # three repeats, each with its own out-of-fold noise
+    folds = np.stack([rng.permutation(300) % 5 for _ in range(3)])
+    both = fit_stack(log_oof, y, folds)
+    alone = [fit_stack(log_oof[r:r + 1], y, folds[r:r + 1]) for r in range(3)]
+    assert all("repeat_averaged" not in a for a in alone)
+    assert both["cv_pooled"] == pytest.approx(np.mean([a["cv_pooled"] for a in alone]))
+    averaged = np.mean([a["log_oof"] for a in alone], axis=0)
+    assert both["repeat_averaged"]["cv_pooled"] == pytest.approx(rmse(y, averaged))
+    assert both["repeat_averaged"]["cv_mean"] == pytest.approx(
+        np.mean([rmse(y[folds[0] == k], averaged[folds[0] == k]) for k in range(5)]))
+    assert both["repeat_averaged"]["cv_pooled"] < both["cv_pooled"]  # three noisy repeats averaged
 
 
 def test_mlp_trains_through_the_shared_loop_and_is_reproducible():

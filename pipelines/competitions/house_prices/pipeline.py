@@ -303,6 +303,7 @@ def summarise(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, c
     seconds = time.perf_counter() - start
     return {"cv_mean": stack["cv_mean"], "cv_std": stack["cv_std"], "rows": len(train),
             "repeat_means": stack["repeat_means"], "cv_excluding_outliers": stack_excl["cv_mean"],
+            "cv_pooled": stack["cv_pooled"], "repeat_averaged": stack.get("repeat_averaged"),
             "outlier_policy": outlier_policy(cfg), "fitted_without_outliers": fitted_without_outliers(cfg, cv.names),
             "models": per_model_scores(cv, log_y, folds, outliers, stack["weights"]),
             "weights": dict(zip(cv.names, map(float, stack["weights"]), strict=True)), "seconds": seconds,
@@ -318,8 +319,8 @@ def per_model_scores(cv: ModelsCV, log_y: np.ndarray, folds: np.ndarray, outlier
     per_model = {}
     for i, n in enumerate(cv.names):
         scores = [s for res in cv.results[n] for s in res.fold_scores]
-        excl = [blending.rmse(log_y[(f == k) & ~outliers], cv.log_oof[r, (f == k) & ~outliers, i])
-                for r, f in enumerate(folds) for k in np.unique(f)]
+        excl = [s for r, f in enumerate(folds) for s in blending.fold_scores(log_y, cv.log_oof[r, :, i], f,
+                                                                                mask=~outliers)]
         fold_seconds = [s for res in cv.results[n] for s in res.fold_seconds]
         per_model[n] = {"cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)), "fold_scores": scores,
                         "cv_excluding_outliers": float(np.mean(excl)), "fold_seconds": fold_seconds,
@@ -349,6 +350,8 @@ def house_record(cfg: HousePricesConfig, train: pd.DataFrame, stack: dict, summa
     extra = {
         "repeat_means": stack["repeat_means"],
         "cv_all_rows": summary["cv_mean"],
+        "cv_pooled": summary["cv_pooled"],
+        "cv_repeat_averaged": summary["repeat_averaged"],
         "cv_excluding_outliers": summary["cv_excluding_outliers"],
         "scored_rows": len(train),
         "excluded_from_score": [],
@@ -406,15 +409,19 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     """The level-2 stack: non-negative weights summing to one on the models' OOF log prices, then ``guard``.
 
     The weights minimise a Huber loss (``stack_loss``), the scores are RMSE on every row. Its CV is
-    cross-fitted per repeat (``blending.cross_fitted_scores``: the weights scored on a fold never saw it,
+    cross-fitted per repeat (``blending.cross_fitted_blend``: the weights scored on a fold never saw it,
     and the guard uses that fold's weights); the weights used for the test set are fitted on every repeat's
     OOF rows at once. Convex weights keep every prediction between the models' own, so no single model's
     extrapolation can be amplified. ``mask`` restricts fitting and scoring to some rows (comparison figures
     only); ``bounded`` marks the models the guard trusts (``bounded_models``; default none: no guard).
 
-    Also returns the stack's own predictions, computed once for the summary and the writer: ``log_oof``
-    (repeat 0, the OOF file's), ``moved_oof`` (rows the guard moved in any repeat) and, given ``log_test``,
-    ``log_test`` and ``moved_test``.
+    Besides the headline (the mean of the fold RMSEs, as d2l scores K-fold) it returns ``cv_pooled``, the
+    RMSE over all rows at once of each repeat's cross-fitted OOF (the leaderboard's form, and AutoGluon's
+    OOF score), and with repeats ``repeat_averaged``: each row's mean over the repeats of its out-of-fold
+    predictions, all from models and weights that never saw it, scored both ways (what ``--test-pred
+    average`` submits: the mean of every fold model). ``log_oof`` is repeat 0's cross-fitted OOF (the OOF
+    file's), ``moved_oof`` the rows the guard moved in any repeat; given ``log_test``, ``log_test`` and
+    ``moved_test``.
     """
     repeats, rows, n_models = log_oof.shape
     mask = np.ones(rows, bool) if mask is None else mask
@@ -422,17 +429,34 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     weights = blending.fit_simplex_weights(log_oof[:, mask].reshape(-1, n_models), np.tile(log_y[mask], repeats),
                                            stack_loss)
     # one model: its weight is 1 in every fold, so this is the model's own per-fold score
-    per_repeat = [blending.cross_fitted_scores(log_oof[r], log_y, folds[r], mask=mask, fit_loss=stack_loss,
-                                               combine=lambda p, w: guard(p, w, bounded)[0])
-                  for r in range(repeats)]
+    oofs, moved = zip(*(_cross_fitted_stack(log_oof[r], log_y, folds[r], mask, bounded) for r in range(repeats)),
+                      strict=True)
+    per_repeat = [blending.fold_scores(log_y, oof, f, mask=mask) for oof, f in zip(oofs, folds, strict=True)]
     scores = [s for rep in per_repeat for s in rep]
-    stacked = [guard(repeat, weights, bounded) for repeat in log_oof]
     out = {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
            "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat],
-           "bounded": bounded, "log_oof": stacked[0][0], "moved_oof": np.any([m for _, m in stacked], axis=0)}
+           "cv_pooled": float(np.mean([blending.rmse(log_y[mask], oof[mask]) for oof in oofs])),
+           "bounded": bounded, "log_oof": oofs[0], "moved_oof": np.any(moved, axis=0)}
+    if repeats > 1:
+        averaged = np.mean(oofs, axis=0)
+        out["repeat_averaged"] = {"cv_mean": float(np.mean(blending.fold_scores(log_y, averaged, folds[0], mask=mask))),
+                                  "cv_pooled": blending.rmse(log_y[mask], averaged[mask])}
     if log_test is not None:
         out["log_test"], out["moved_test"] = guard(log_test, weights, bounded)
     return out
+
+
+def _cross_fitted_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: np.ndarray,
+                        bounded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One repeat's guarded stack OOF, each fold with weights fitted on the other folds, and the rows the guard
+    moved (rows outside ``mask``: NaN, not moved)."""
+    oof, fold_weights = blending.cross_fitted_blend(log_oof, log_y, folds, stack_loss, mask,
+                                                    lambda p, w: guard(p, w, bounded)[0])
+    moved = np.zeros(len(log_y), bool)
+    for k, w in fold_weights.items():
+        rows = (folds == k) & mask
+        moved[rows] = guard(log_oof[rows], w, bounded)[1]
+    return oof, moved
 
 
 def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarray, title: str):
@@ -505,5 +529,11 @@ def run(args: argparse.Namespace) -> int:
         spread += ", repeat means " + " ".join(f"{m:.5f}" for m in out["repeat_means"])
     print(f"{cfg.preset}: {cfg.repeats}x{cfg.folds}-fold CV log-RMSE on all {out['rows']} rows {out['cv_mean']:.5f}"
           f" ({spread}) in {out['seconds']:.1f}s")
+    print(f"  the same OOF pooled over all rows at once (the leaderboard's form, AutoGluon's OOF score): "
+          f"{out['cv_pooled']:.5f}")
+    if out["repeat_averaged"]:
+        avg = out["repeat_averaged"]
+        print(f"  each row's mean over the {cfg.repeats} repeats (what --test-pred average submits): "
+              f"CV {avg['cv_mean']:.5f}, pooled {avg['cv_pooled']:.5f}")
     print(f"submission: {out['files'].submission}")
     return 0
