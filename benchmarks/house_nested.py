@@ -27,6 +27,7 @@ import pandas as pd
 from pipelines.__main__ import main as cli
 from pipelines.competitions.house_prices.pipeline import ID, TARGET, load, outlier_mask
 from pipelines.core.cv import make_folds
+from pipelines.core.records import RunRecord
 
 
 def run_arm(flags: str, train: pd.DataFrame, folds: np.ndarray, work: Path) -> dict:
@@ -38,23 +39,22 @@ def run_arm(flags: str, train: pd.DataFrame, folds: np.ndarray, work: Path) -> d
         held = train[folds == k]
         train[folds != k].to_csv(data / "train.csv", index=False)
         held.drop(columns=[TARGET]).to_csv(data / "test.csv", index=False)
-        out = work / f"runs-{len(list(work.glob('runs-*')))}"  # a fresh folder per run
+        out = tempfile.mkdtemp(prefix="runs-", dir=work)  # a fresh folder per run
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            code = cli(["house-prices", "--data-dir", str(data), "--out-dir", str(out), "--no-progress",
+            code = cli(["house-prices", "--data-dir", str(data), "--out-dir", out, "--no-progress",
                         *shlex.split(flags)])
         if code:
             raise SystemExit(f"arm {flags!r}, fold {k}: the pipeline exited {code}")
         seconds.append(time.perf_counter() - start)
-        lines = printed.getvalue().splitlines()
-        sub = pd.read_csv(lines[-1].removeprefix("submission: "))  # the run's last line names its submission
+        submission = Path(printed.getvalue().splitlines()[-1].removeprefix("submission: "))  # its last line
+        sub = pd.read_csv(submission)
         err = np.log(sub.set_index(ID).loc[held[ID], TARGET].to_numpy()) - np.log(held[TARGET].to_numpy())
         out_rows = outlier_mask(held)
         scores.append(float(np.sqrt(np.mean(err**2))))
         normal.append(err[~out_rows])
         errors.append(err)
-        headline = next(line for line in lines if "-fold CV log-RMSE" in line)
-        inner.append(float(headline.split(" rows ")[1].split()[0]))
+        inner.append(RunRecord.read(submission.with_suffix(".json")).cv_mean)  # the run's record beside it
     every = np.concatenate(errors)
     return {"flags": flags, "fold_scores": scores, "mean": float(np.mean(scores)),
             "pooled": float(np.sqrt(np.mean(every**2))),
