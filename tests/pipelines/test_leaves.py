@@ -64,7 +64,16 @@ def test_end_to_end_writes_a_valid_submission_and_record(tiny_leaves, tmp_path, 
     # honest CV: no fold chose its epoch; the record says so, and each fold used its last epoch
     assert record["epoch_choice"].startswith("fixed: the last of 2 epochs")
     assert record["fold_epochs_used"] == {"0": 2, "1": 2}
-    assert record["tta"]["views_tried"] == 4 and 1 <= record["tta"]["views_test"] <= 4
+    views = record["tta"]["views_tried"]
+    assert set(views) == {"0", "1"} and all(v[0] == "identity" and 1 <= len(v) <= 4 for v in views.values())
+    assert 1 <= record["tta"]["views_test"] <= max(map(len, views.values()))
+    # the flips and turns each fold trained with were decided on its training rows, and the record says how
+    for fold, sym in record["symmetry"].items():
+        assert sym["source"] == "probe" and set(sym["tests"]) == {"hflip", "vflip", "rot180", "rot90", "rot270",
+                                                                  "transpose", "antitranspose"}
+        assert sym["group"] == views[fold][: len(sym["group"])] or len(views[fold]) == 4
+    assert any(line.startswith("flips and turns kept by the training rows: ") for line in lines)
+    assert record["schedule"]["epochs"] == {"0": 2, "1": 2} and record["data"]["img_size_rule"] == "--img-size"
 
 
 def test_patience_early_stops_on_an_inner_split_never_on_the_scored_fold(tiny_leaves, tmp_path, capsys):
@@ -93,13 +102,14 @@ def test_tta_views_are_chosen_on_the_other_folds_only():
     fold 2 gets two views although its own rows prefer one; folds 0 and 1 see a tie and keep one."""
     import numpy as np
 
-    from pipelines.competitions.leaves.pipeline import choose_tta
+    from pipelines.competitions.leaves.views import choose_tta
 
     y = np.zeros(6, dtype=int)
     folds = np.array([0, 0, 1, 1, 2, 2])
     plain = np.array([[0.4, 0.6]] * 4 + [[0.6, 0.4]] * 2)  # one view: only fold 2 right
     flip = np.array([[0.9, 0.1]] * 4 + [[0.1, 0.9]] * 2)  # mean of two views: folds 0 and 1 right
-    tta = choose_tta(np.stack([plain, flip]), y, folds)
+    views = np.stack([plain, flip])
+    tta = choose_tta({k: views[:, folds == k] for k in range(3)}, y, folds)
     assert tta["per_fold"] == {0: 1, 1: 1, 2: 2}
     assert np.array_equal(tta["oof"].argmax(1) == 0, [False] * 4 + [False] * 2)
     assert tta["oof_accuracy"] == {1: 2 / 6, 2: 4 / 6} and tta["test"] == 2
@@ -236,8 +246,29 @@ def test_gpu_image_size_is_the_backbones_pretrained_size():
     from pipelines.competitions.leaves.pipeline import LeavesConfig, auto_img_size
 
     cuda = torch.device("cuda")
-    sizes = {m: auto_img_size(LeavesConfig(model=m), [], cuda)
+    sizes = {m: auto_img_size(LeavesConfig(model=m), [], cuda)[0]
              for m in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "resnet18_d2l")}
     assert sizes == {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260,
                      "resnet18_d2l": 224}  # the book's ResNet-18 from our registry: timm has no config for it
-    assert auto_img_size(LeavesConfig(model="tf_efficientnet_lite2", img_size=128), [], cuda) == 128
+    assert auto_img_size(LeavesConfig(model="tf_efficientnet_lite2", img_size=128), [], cuda) == (128, "--img-size")
+
+
+def test_classes_that_are_flips_and_turns_of_each_other_train_without_them(tmp_path, capsys):
+    """Arrows pointing four ways: a run that flipped or turned its training images would confuse them in pairs
+    (the out-of-fold confusion matrix of the old defaults: left/right and up/down never told apart). The run
+    decides from its training rows to keep no flip nor turn, trains and predicts in the plain view only, and
+    scores far above chance (0.25)."""
+    from pipelines.competitions.leaves.glyphgen import generate_glyphs
+
+    data = generate_glyphs(tmp_path / "arrows", n_train=320, n_test=8, size=64, seed=0,
+                           classes=["arrow_left", "arrow_right", "arrow_up", "arrow_down"])
+    assert main(["leaves", "--data-dir", str(data), "--out-dir", str(tmp_path / "subs"), "--runs-dir",
+                 str(tmp_path / "runs"), "--folds", "2", "--epochs", "8", "--img-size", "64", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "flips and turns kept by the training rows: none" in out
+    record = json.loads(Path(out.strip().splitlines()[-1].removeprefix("submission: ")).with_suffix(".json")
+                        .read_text())
+    assert all(s["group"] == ["identity"] and s["hflip"] == 0 and s["vflip"] == 0 and not s["rot90"]
+               for s in record["symmetry"].values())
+    assert all(v == ["identity"] for v in record["tta"]["views_tried"].values())
+    assert record["cv_mean"] > 0.85

@@ -1,14 +1,16 @@
 """Classify Leaves: fine-tune a pretrained backbone with stratified K-fold CV, TTA and a validated submission.
 
-The recipe: load (CSV + images, decoded once, at a size chosen from the model and the data) -> stratified
-folds (the shared splitter) -> fit per fold (the shared training loop: augmentation, EMA, warmup+cosine, a
-checkpoint every epoch) -> predict every test-time view -> keep the views that improve the out-of-fold
-score (chosen on the other folds' rows) -> write (the shared writer: submission, run record, OOF
-and test probabilities, curves and confusion matrix).
+The recipe: load (CSV + images, decoded once into a uint8 cache, at a size chosen from the model and the
+data) -> stratified folds (the shared splitter) -> per fold, the flips and turns its training rows keep
+(``views.py``: a linear probe on frozen features, never assumed) -> fit (the shared training loop:
+batched augmentation on the device, EMA, warmup+cosine, a checkpoint every epoch, a number of epochs
+chosen from the data size) -> predict the fold's rows and the test set once, in every kept view -> keep
+the views that improve the out-of-fold score (chosen on the other folds' rows) -> write (the shared
+writer: submission, run record, OOF and test probabilities, curves and confusion matrix).
 
-Honest CV: no fold is scored by weights chosen on it. By default every fold trains a fixed number of
-epochs and is scored at the last one; with ``--patience N`` the epoch is early-stopped on an inner split
-of the training folds. The record's ``epoch_choice`` says which.
+Honest CV: no fold is scored by weights or symmetries chosen on it. By default every fold trains a fixed
+number of epochs and is scored once, at the last one; with ``--patience N`` the epoch is early-stopped on an
+inner split of the training folds. The record's ``epoch_choice`` says which.
 
 Works on any folder in the Kaggle layout (``images/``, ``train.csv`` with ``image,label``, ``test.csv``
 with ``image``). Without ``--data-dir`` it uses ``data/classify-leaves/``, else downloads it when Kaggle
@@ -45,8 +47,11 @@ if TYPE_CHECKING:
 COMPETITION, DEFAULT_DATA = LEAVES.name, LEAVES.default_data  # registered once, in this package's __init__
 # CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
 # 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 112 px
-# (the 2-core CPU budget: 3 folds x 10 epochs of 2,000 images in about 20 min)
+# (the 2-core CPU budget)
 CPU_SIZES = (96, 112)
+# default schedule (``--epochs auto``): about STEPS optimizer steps per fold, within EPOCH_RANGE passes over
+# each training image (docs/leaves.md: chosen on ELPV and the synthetic set)
+STEPS, EPOCH_RANGE = 400, (3, 10)
 
 
 @dataclass
@@ -58,7 +63,7 @@ class LeavesConfig:
     pretrained: bool = True  # offline ImageNet weights (models/pretrained.py) when the backbone has them
     pretrained_file: str | None = None
     img_size: int | None = None  # None: 224 on CUDA; on CPU the images' median side within CPU_SIZES
-    epochs: int = 10
+    epochs: int | None = None  # None: from the data size (auto_epochs), resolved and saved before training
     batch_size: int = 32
     lr: float = 1e-3
     head_lr_mult: float = 1.0  # classifier LR / body LR (x10 measured no better once the head starts at zero)
@@ -77,10 +82,14 @@ class LeavesConfig:
     rotation: float = 0.0  # random rotation, degrees
     jitter: float = 0.0  # colour jitter (brightness, contrast, saturation)
     ema_decay: float = 0.995  # 0 disables the EMA of weights
+    freeze: int = 3  # leading layer groups (stem, then stages) kept at their pretrained values; 0 trains all
     patience: int = 0  # 0: fixed epochs, scored at the last; N: early stopping on an inner split of the train folds
     folds: int = 3
     fold: int | None = None  # train only this fold
-    tta: int = 4  # test-time views tried: 1 none, 2 + horizontal flip, 3 + vertical flip, 4 + both; kept on OOF
+    hflip: str = "auto"  # probability of a horizontal flip; auto: kept if the training rows keep labels under it
+    vflip: str = "auto"  # likewise, vertical
+    rot90: str = "auto"  # random quarter turns: on, off or auto
+    tta: int = 4  # test-time views tried: the identity, then the kept flips and turns; the count kept on OOF
     workers: int = -1  # -1: 0 on small CPUs, else up to 8
     compile: bool = False
     amp: bool = True  # autocast: bf16 on a CPU with hardware bf16 (AVX-512 BF16/AMX), bf16/fp16 on CUDA
@@ -105,8 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--pretrained-file", help="local weights (.pth/.safetensors) to start from")
     a("--img-size", type=int, help="training resolution (default: 224 on CUDA, the images' median side within "
                                    f"{CPU_SIZES[0]}..{CPU_SIZES[1]} on CPU; never below the model's minimum)")
-    for name in ("epochs", "batch_size", "patience", "folds", "tta", "workers"):
+    a("--epochs", type=_auto_int, default=d.epochs, help="passes over each training image (default auto: "
+      f"about {STEPS} optimizer steps per fold, {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs)")
+    for name in ("batch_size", "patience", "folds", "tta", "workers", "freeze"):
         a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    a("--hflip", default=d.hflip, help="horizontal flip probability (default auto: decided from the training rows)")
+    a("--vflip", default=d.vflip, help="vertical flip probability (default auto: decided from the training rows)")
+    a("--rot90", default=d.rot90, choices=["auto", "on", "off"], help="random quarter turns (default auto)")
     for name in ("lr", "head_lr_mult", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup",
                  "cutmix", "mix_prob", "crop_scale", "rotation", "jitter", "ema_decay"):
         a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
@@ -121,6 +135,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         a(f"--synthetic-{name}", type=int, default=getattr(d, f"synthetic_{name}"), help=argparse.SUPPRESS)
 
 
+def _auto_int(value: str) -> int | None:
+    """``auto`` -> None, else an integer (argparse type of ``--epochs``)."""
+    if value.lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {value!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> LeavesConfig:
     fields = {f.name for f in dataclasses.fields(LeavesConfig)}
     return LeavesConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -129,13 +153,15 @@ def config_from_args(args: argparse.Namespace) -> LeavesConfig:
 def check_config(cfg: LeavesConfig) -> None:
     """Refuse settings that cannot train, and output folders that cannot be written, before any work and
     before a run folder exists."""
+    from pipelines.competitions.leaves.views import flag_overrides
     from submissions.writer import check_writable_dir
 
     for name, low in (("epochs", 1), ("batch_size", 1), ("folds", 2), ("tta", 1)):
-        if getattr(cfg, name) < low:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < low:
             raise PipelineError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
-    if cfg.tta > 4:
-        raise PipelineError(f"--tta must be 1 to 4 views, got {cfg.tta}")
+    if cfg.tta > 8:
+        raise PipelineError(f"--tta must be 1 to 8 views (the square's symmetries), got {cfg.tta}")
+    flag_overrides(cfg)  # --hflip/--vflip/--rot90 values, one line each
     if cfg.img_size is not None and cfg.img_size < 16:
         raise PipelineError(f"--img-size must be at least 16 pixels, got {cfg.img_size} "
                             "(leave it out for the automatic size)")
@@ -161,9 +187,11 @@ class LeafData:
     test: pd.DataFrame
     classes: list[str]
     y: np.ndarray
-    train_images: list
-    test_images: list
+    train_images: torch.Tensor  # (N, 3, S, S) uint8, decoded once (features.images.decode_cache)
+    test_images: torch.Tensor
     img_size: int
+    size_rule: str = ""  # how img_size was chosen (goes into the record)
+    probe: object = None  # features.symmetry features of a sample of the training rows, computed once
 
 
 def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
@@ -213,17 +241,30 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> int:
-    """``--img-size``; else on CUDA the size the backbone was pretrained at (timm's ``input_size``: lite0 224,
-    lite1 240, lite2 260; 224 for a model timm does not know), as a timm user would fine-tune it; else (CPU) the
-    images' median side (multiple of 16) within ``CPU_SIZES``."""
+def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> tuple[int, str]:
+    """The training size and the rule that chose it: ``--img-size``; else on CUDA the size the backbone was
+    pretrained at (timm's ``input_size``: lite0 224, lite1 240, lite2 260; 224 for a model timm does not know),
+    as a timm user would fine-tune it; else (CPU) the median shorter side over every training image (multiple
+    of 16) within ``CPU_SIZES``: smaller images are upsampled, larger ones shrunk."""
     if cfg.img_size:
-        return cfg.img_size
+        return cfg.img_size, "--img-size"
     if device.type == "cuda":
-        return pretrained_side(cfg.model) or 224
+        side = pretrained_side(cfg.model)
+        return side or 224, f"{cfg.model}'s pretrained size" if side else "224 (no pretrained size known)"
     from features.images import median_side
 
-    return int(np.clip(round(median_side(paths) / 16) * 16, *CPU_SIZES))
+    median = median_side(paths)
+    size = int(np.clip(round(median / 16) * 16, *CPU_SIZES))
+    verb = "upsampled" if size > median else "shrunk" if size < median else "kept"
+    return size, f"median shorter side {median} px over {len(paths)} training images, {verb} to {size} px " \
+                 f"(CPU range {CPU_SIZES[0]}..{CPU_SIZES[1]})"
+
+
+def auto_epochs(n_fit: int, batch_size: int) -> int:
+    """Epochs from the data size: about ``STEPS`` optimizer steps per fold, within ``EPOCH_RANGE`` passes over
+    each image (a few thousand images get several passes, tens of thousands the minimum)."""
+    steps_per_epoch = max(1, n_fit // batch_size)
+    return int(np.clip(round(STEPS / steps_per_epoch), *EPOCH_RANGE))
 
 
 def pretrained_side(model_name: str) -> int | None:
@@ -265,8 +306,8 @@ def fit_size_to_model(model_name: str, size: int) -> int:
 
 
 def load_data(cfg: LeavesConfig, device) -> LeafData:
-    """Read both tables, check them, encode labels and decode every image once."""
-    from features.images import load_images
+    """Read both tables, check them, encode labels and decode every image once into a uint8 cache."""
+    from features.images import decode_cache
 
     root, source = resolve_data_dir(cfg)
     train = read_table(root / "train.csv", ["image", "label"])
@@ -281,10 +322,14 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
         raise PipelineError(f"label {rare!r} has {counts.min()} images, fewer than --folds {cfg.folds}")
     train_paths = [root / p for p in train["image"]]
     test_paths = [root / p for p in test["image"]]
-    size = fit_size_to_model(cfg.model, auto_img_size(cfg, train_paths, device))
+    size, rule = auto_img_size(cfg, train_paths, device)
+    fitted = fit_size_to_model(cfg.model, size)
+    if fitted != size:
+        rule += f", raised to {fitted} px ({cfg.model}'s minimum)"
     workers = max(1, min(8, os.cpu_count() or 1))
-    return LeafData(root, source, train, test, classes, y, load_images(train_paths, size, workers),
-                    load_images(test_paths, size, workers), size)
+    spill = Path(cfg.runs_dir) / "leaves" / ".image-cache"
+    return LeafData(root, source, train, test, classes, y, decode_cache(train_paths, fitted, workers, spill),
+                    decode_cache(test_paths, fitted, workers, spill), fitted, rule)
 
 
 def submission_spec(test: pd.DataFrame, classes) -> SubmissionSpec:
@@ -295,24 +340,18 @@ def submission_spec(test: pd.DataFrame, classes) -> SubmissionSpec:
 
 
 # -------------------------------------------------------------------------------------------- one fold
-def make_loader(dataset, cfg: LeavesConfig, *, train: bool, seed: int, device):
-    from torch.utils.data import DataLoader
-
-    from features.images import SeededSampler
+def make_loader(images, labels, cfg: LeavesConfig, *, train: bool, seed: int, device):
+    """Batches of the uint8 cache (moved to the GPU once when it fits there): shuffled full batches (training,
+    sharded over DDP ranks) or in order."""
+    from features.images import TensorBatches, on_device
     from pipelines.core.distributed import world
 
     rank, world_size = world()
-    workers = cfg.workers
-    if workers < 0:  # decoding is done; on 2 cores workers would only compete with the network for the CPU
-        cpus = os.cpu_count() or 1
-        workers = min(8, cpus // world_size - 1) if device.type == "cuda" or cpus > 4 else 0
-    common = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+    images = on_device(images, device)
     if not train:
-        return DataLoader(dataset, batch_size=cfg.batch_size * 2, shuffle=False, **common)
-    # full batches only (a last batch of one breaks batch norm); a set smaller than a batch is one batch
-    per_rank = len(dataset) // world_size
-    sampler = SeededSampler(len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size, drop_last=True)
-    return DataLoader(dataset, batch_size=min(cfg.batch_size, per_rank), sampler=sampler, drop_last=True, **common)
+        return TensorBatches(images, labels, cfg.batch_size * 2, shuffle=False, pin=device.type == "cuda")
+    return TensorBatches(images, labels, cfg.batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size,
+                         pin=device.type == "cuda")
 
 
 class MixHook:
@@ -327,35 +366,64 @@ class MixHook:
         return self.mixup(x, y)
 
 
-def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device):
-    """Backbone (offline pretrained, head at zero), AdamW, warmup+cosine, label smoothing, EMA, mixup if asked."""
+def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None):
+    """Backbone (offline pretrained, head at zero), AdamW, warmup+cosine, label smoothing, EMA, the batched
+    augmentation with ``symmetry``'s flips and turns (none when not given), mixup if asked."""
     import torch
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
-    from models.pretrained import create_backbone
+    from features.augment import BatchAugment
+    from features.symmetry import Symmetry
+    from models.pretrained import create_backbone, input_stats
     from pipelines.core.training import Trainer, warmup_cosine
 
     model = create_backbone(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
     if cfg.pretrained or cfg.pretrained_file:
         zero_head(model)
+        freeze_early(model, cfg.freeze)
     head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
-    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": cfg.lr},
-              {"params": [p for p in model.parameters() if id(p) in head], "lr": cfg.lr, "lr_scale": cfg.head_lr_mult}]
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "lr_scale": cfg.head_lr_mult}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
-    hook = None
+    epochs = cfg.epochs or auto_epochs(steps_per_epoch * cfg.batch_size, cfg.batch_size)
+    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    mix = None
     if cfg.mix_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
-        hook = MixHook(Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
-                             label_smoothing=cfg.label_smoothing, num_classes=n_classes))
+        mix = MixHook(Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                            label_smoothing=cfg.label_smoothing, num_classes=n_classes))
         loss_fn = SoftTargetCrossEntropy()
     else:
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mean, std = input_stats(model)
+    hook = BatchAugment(mean, std, symmetry=symmetry or Symmetry(), crop_scale=cfg.crop_scale, rotation=cfg.rotation,
+                        jitter=cfg.jitter, auto_augment=cfg.auto_augment, then=mix)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     return Trainer(model, optimizer, loss_fn, scheduler=scheduler, device=device, grad_clip=cfg.grad_clip,
                    channels_last=True, amp=cfg.amp, batch_hook=hook, ema=ema, progress=cfg.progress,
                    compile=cfg.compile)
+
+
+def freeze_early(model, groups: int) -> list[str]:
+    """Keep the first ``groups`` layer groups of a pretrained model at their ImageNet values (timm's coarse
+    ``group_matcher``: the stem, then one group per stage; batch norm frozen with its statistics).
+
+    The early layers see edges and textures, which ImageNet taught well, at the highest resolution, where a
+    backward pass costs most: freezing the stem and two stages of efficientnet-lite0 trains 1.4x faster at
+    112 px on a CPU. Returns the frozen module names (none for a model without a group matcher).
+    """
+    if groups <= 0 or not hasattr(model, "group_matcher"):
+        return []
+    from timm.models import group_modules
+    from timm.utils.model import freeze
+
+    ordered = list(group_modules(model, model.group_matcher(coarse=True)).values())
+    names = sorted({name.rsplit(".", 1)[0] if name.count(".") > 1 else name
+                    for group in ordered[:groups] for name in group})
+    freeze(model, names)
+    return names
 
 
 def zero_head(model) -> None:
@@ -388,34 +456,42 @@ def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.nda
     return train_idx[np.sort(fit)], train_idx[np.sort(stop)]
 
 
-def epoch_choice(cfg: LeavesConfig) -> str:
+def epoch_choice(cfg: LeavesConfig, epochs: int | None = None) -> str:
     """How the weights that score each fold were chosen (goes into the record)."""
     if cfg.patience > 0:
         return (f"early stopping (patience {cfg.patience}) on a stratified 10% inner split of the training folds; "
                 "the scored fold never chose an epoch")
-    return f"fixed: the last of {cfg.epochs} epochs; the scored fold never chose an epoch"
+    return f"fixed: the last of {epochs or cfg.epochs} epochs; the scored fold never chose an epoch"
 
 
 def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
              on_epoch: Callable[[int, float], None] | None = None) -> dict:
-    """Train one fold (resuming from its last checkpoint) and predict its rows and the test set in every view.
+    """Train one fold (resuming from its last checkpoint) and predict its rows and the test set once, in every
+    view of the symmetry its training rows kept.
 
-    The fold's rows never choose anything: with ``patience`` 0 the weights after the last epoch score them;
-    else early stopping watches an inner split of ``train_idx`` (:func:`inner_split`). The fold's own
-    accuracy is still measured after each epoch, for the curves and for ``on_epoch(epoch, val_acc)`` (a
-    tuner reports and prunes there). Returns ``valid``/``test`` probabilities of the plain view and
-    ``valid_views``/``test_views`` of shape (views, rows, classes).
+    The fold's rows never choose anything: the flips and turns come from the flags or from the probe on
+    ``train_idx`` (``views.fold_symmetry``); with ``patience`` 0 the weights after the last epoch score them,
+    else early stopping watches an inner split of ``train_idx`` (:func:`inner_split`). The fold's own rows are
+    scored once, after training, unless ``on_epoch(epoch, val_acc)`` asks for every epoch (a tuner reports and
+    prunes there). Returns ``valid``/``test`` probabilities of the plain view, ``valid_views``/``test_views`` of
+    shape (views, rows, classes), the symmetry and its record.
     """
+    from models.pretrained import input_stats
+    from pipelines.competitions.leaves.views import fold_symmetry, predict_views, tta_elements
     from pipelines.core.checkpoint import load_checkpoint
     from pipelines.core.distributed import barrier
     from pipelines.core.seed import set_seed
 
+    symmetry, symmetry_record = fold_symmetry(cfg, probe_of(cfg, data, device), data.y, np.asarray(train_idx),
+                                              cfg.seed * 1000 + fold)
     set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
     stop_idx = np.array([], dtype=int)
     if cfg.patience > 0:
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), cfg.seed * 1000 + fold)
-    trainer = build_trainer(cfg, len(data.classes), _n_batches(len(train_idx), cfg), device)
-    loaders = fold_loaders(cfg, data, fold, trainer, train_idx, valid_idx, stop_idx, device)
+    steps = _n_batches(len(train_idx), cfg)
+    cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size))
+    trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry)
+    loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
     epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
     epochs.resume(trainer)
     trainer.add_callback("on_epoch_end", epochs)
@@ -425,50 +501,60 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     barrier()
     chosen = load_checkpoint(epochs.best)
     trainer.eval_model.load_state_dict(chosen["model"])
-    valid_views, test_views = (predict_views(trainer, loader, cfg.tta) for loader in (loaders.valid, loaders.test))
+    elements = tta_elements(symmetry, cfg.tta)
+    mean, std = input_stats(trainer.module)
+    valid_views, test_views = (predict_views(trainer, loader, elements, mean, std)
+                               for loader in (loaders.valid, loaders.test))
     return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
             "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
-            "n_fit": len(train_idx), "n_stop": len(stop_idx)}
+            "epochs": cfg.epochs, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
+            "symmetry_record": symmetry_record, "views": elements}
+
+
+def probe_of(cfg: LeavesConfig, data: LeafData, device):
+    """The symmetry probe's features (computed once per run, on a sample of all training rows); None when
+    the flags decide every symmetry."""
+    from pipelines.competitions.leaves.views import flag_overrides, probe_features
+
+    if None not in flag_overrides(cfg):
+        return None
+    if data.probe is None:
+        data.probe = probe_features(data.train_images, data.y, cfg.seed, device)
+    return data.probe
 
 
 class FoldLoaders(NamedTuple):
-    train: object  # augmented, seeded per sample (features.images.SeededSampler)
-    valid: object  # the fold's rows: reported every epoch, scored at the end
+    train: object  # shuffled full uint8 batches; augmented on the device (features.augment.BatchAugment)
+    valid: object  # the fold's rows: scored once after training (every epoch only for a tuner)
     stop: object | None  # the inner split early stopping watches (``patience`` > 0)
     test: object
 
 
-def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, trainer, train_idx, valid_idx, stop_idx,
+def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, stop_idx,
                  device) -> FoldLoaders:
-    """The fold's loaders, normalised with the mean/std the model expects."""
-    from features.images import ImageDataset, eval_transform, train_transform
-    from models.pretrained import input_stats
+    """The fold's batches of the uint8 cache (normalisation happens on the device, in the views)."""
+    import torch
 
-    mean, std = input_stats(trainer.module)
-    evaluate = eval_transform(data.img_size, mean, std)
-    augment = train_transform(data.img_size, mean, std, auto_augment=cfg.auto_augment, scale=(cfg.crop_scale, 1.0),
-                              rotation=cfg.rotation, jitter=cfg.jitter)
-    train = make_loader(ImageDataset([data.train_images[i] for i in train_idx], data.y[train_idx], augment),
-                        cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
+    def rows(idx):
+        return data.train_images[torch.as_tensor(np.asarray(idx, dtype=np.int64))], data.y[idx]
 
-    def eval_loader(idx):
-        images = [data.train_images[i] for i in idx]
-        return make_loader(ImageDataset(images, data.y[idx], evaluate), cfg, train=False, seed=0, device=device)
-
-    test = make_loader(ImageDataset(data.test_images, None, evaluate), cfg, train=False, seed=0, device=device)
-    return FoldLoaders(train, eval_loader(valid_idx), eval_loader(stop_idx) if len(stop_idx) else None, test)
+    train = make_loader(*rows(train_idx), cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
+    test = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
+    stop = make_loader(*rows(stop_idx), cfg, train=False, seed=0, device=device) if len(stop_idx) else None
+    return FoldLoaders(train, make_loader(*rows(valid_idx), cfg, train=False, seed=0, device=device), stop, test)
 
 
 class FoldEpochs:
-    """A fold's ``on_epoch_end``: score the fold's rows (reported, never used to choose), early-stop on the
-    inner split, log, and checkpoint: ``best.pt`` holds the weights that will score the fold, ``last.pt``
-    everything a killed run needs to continue exactly."""
+    """A fold's ``on_epoch_end``: early-stop on the inner split, log, and checkpoint: ``best.pt`` holds the
+    weights that will score the fold, ``last.pt`` everything a killed run needs to continue exactly. The
+    fold's own rows are scored here only for a tuner's ``on_epoch`` (never used to choose)."""
 
     def __init__(self, cfg: LeavesConfig, fold: int, classes: list[str], loaders: FoldLoaders, fold_dir: Path,
                  on_epoch: Callable[[int, float], None] | None):
         from pipelines.core.callbacks import EarlyStopping
 
         self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
+        self.view = None  # the plain view, normalised with the model's mean/std (set at the first epoch)
         self.last, self.best = fold_dir / "last.pt", fold_dir / "best.pt"
         self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
 
@@ -491,17 +577,23 @@ class FoldEpochs:
 
         if not np.isfinite(stats["loss"]):
             raise PipelineError(f"fold {self.fold} diverged at epoch {tr.epoch} (loss is NaN); lower --lr")
-        metrics = tr.evaluate(self.loaders.valid)  # reported, never used to choose
+        if self.view is None:
+            from features.augment import View
+            from models.pretrained import input_stats
+
+            self.view = View("identity", *input_stats(tr.module))
+        metrics = {}
+        if self.on_epoch is not None:  # a tuner's running CV: reported, never used to choose
+            metrics = tr.evaluate(self.loaders.valid, self.view)
         chosen = True  # patience 0: the latest weights are the ones that score the fold
         if self.loaders.stop is not None:
-            metrics["stop_acc"] = tr.evaluate(self.loaders.stop)["val_acc"]
+            metrics["stop_acc"] = tr.evaluate(self.loaders.stop, self.view)["val_acc"]
             chosen = self.stopper.step(broadcast_value(metrics["stop_acc"]))
             tr.should_stop = self.stopper.should_stop
         self.history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
-        stop = f" stop_acc {metrics['stop_acc']:.4f}" if "stop_acc" in metrics else ""
+        extra = "".join(f" {k} {metrics[k]:.4f}" for k in ("val_acc", "stop_acc") if k in metrics)
         say(f"fold {self.fold} epoch {tr.epoch}/{self.cfg.epochs}: loss {stats['loss']:.3f} "
-            f"acc {stats.get('acc', 0):.3f} val_loss {metrics['val_loss']:.3f} val_acc {metrics['val_acc']:.4f}{stop} "
-            f"({stats['samples_per_s']:.0f} img/s)")
+            f"acc {stats.get('acc', 0):.3f}{extra} ({stats['samples_per_s']:.0f} img/s)")
         if is_main_process():
             if chosen:
                 save_checkpoint(self.best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
@@ -514,40 +606,6 @@ class FoldEpochs:
             self.on_epoch(tr.epoch, metrics["val_acc"])
 
 
-def predict_views(trainer, loader, n_views: int) -> np.ndarray:
-    """Softmax probabilities of ``loader``'s rows in each of the first ``n_views`` test-time views:
-    (views, rows, classes)."""
-    import torch
-
-    from features.images import tta_views
-
-    return torch.stack([trainer.predict(loader, transform=v).softmax(1) for v in tta_views(n_views)]).numpy()
-
-
-def choose_tta(valid_views: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:
-    """How many test-time views to average, chosen on out-of-fold accuracy, cross-fitted.
-
-    ``valid_views`` (views, rows, classes) holds every trained row's probabilities per view. Candidates are
-    the first 1..V views. Each fold's rows get the count that scores best on the *other* folds' rows (ties:
-    fewer views), so the reported CV stays honest; the test set gets the count best on all rows.
-    """
-    n_views = len(valid_views)
-    means = np.cumsum(valid_views, axis=0) / np.arange(1, n_views + 1)[:, None, None]
-    hits = means.argmax(2) == np.asarray(y)[None, :]
-
-    def best(rows: np.ndarray) -> int:
-        acc = hits[:, rows].mean(1)
-        return int(np.flatnonzero(acc >= acc.max() - 1e-12)[0]) + 1
-
-    oof, per_fold = np.empty_like(valid_views[0]), {}
-    for k in np.unique(folds):
-        rows, others = folds == k, folds != k
-        per_fold[int(k)] = best(others) if others.any() else 1  # a single trained fold has nothing to choose on
-        oof[rows] = means[per_fold[int(k)] - 1, rows]
-    return {"oof": oof, "per_fold": per_fold, "test": best(np.ones(len(folds), bool)),
-            "oof_accuracy": {k + 1: float(hits[k].mean()) for k in range(n_views)}}
-
-
 def _n_batches(n: int, cfg: LeavesConfig) -> int:
     """Optimizer steps per epoch, as :func:`make_loader` batches the training set (for the LR schedule)."""
     from pipelines.core.distributed import world
@@ -557,7 +615,9 @@ def _n_batches(n: int, cfg: LeavesConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- output
-def curves_figure(histories: dict[int, list[dict]]):
+def curves_figure(histories: dict[int, list[dict]], scores: dict[int, float]):
+    """Training loss and accuracy per epoch (the inner split's or the tuner's per-epoch scores where they
+    exist), and each fold's held-out accuracy, measured once at its last epoch, as a marker."""
     from pipelines.core.io import pyplot
 
     plt = pyplot()
@@ -565,14 +625,18 @@ def curves_figure(histories: dict[int, list[dict]]):
     for fold, hist in histories.items():
         epochs = [h["epoch"] for h in hist]
         (line,) = ax_loss.plot(epochs, [h["loss"] for h in hist], label=f"fold {fold} train")
-        ax_loss.plot(epochs, [h["val_loss"] for h in hist], "--", color=line.get_color(), label=f"fold {fold} valid")
         ax_acc.plot(epochs, [h.get("acc", np.nan) for h in hist], color=line.get_color(), label=f"fold {fold} train")
-        ax_acc.plot(epochs, [h["val_acc"] for h in hist], "--", color=line.get_color(), label=f"fold {fold} valid")
+        for key, style in (("val_acc", "--"), ("stop_acc", ":")):
+            if any(key in h for h in hist):
+                ax_acc.plot(epochs, [h.get(key, np.nan) for h in hist], style, color=line.get_color(),
+                            label=f"fold {fold} {'valid' if key == 'val_acc' else 'inner split'}")
+        if fold in scores and epochs:
+            ax_acc.plot([epochs[-1]], [scores[fold]], "o", color=line.get_color(), label=f"fold {fold} held out")
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.legend(fontsize=7)
-    fig.suptitle("learning curves (train with augmentation/mixup; valid with EMA weights)")
+    fig.suptitle("learning curves (train with augmentation/mixup; held-out fold with EMA weights, once)")
     fig.tight_layout()
     plt.close(fig)  # the writer saves it; pyplot need not keep it alive
     return fig
@@ -683,6 +747,8 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
     Returns the CV result (OOF and test probabilities in the chosen views, per-fold accuracy), each fold's
     :func:`fit_fold` output, and the view choice (:func:`choose_tta`).
     """
+    from features.symmetry import summary
+    from pipelines.competitions.leaves.views import choose_tta
     from pipelines.core.cv import cross_validate
 
     fold_info: dict[int, dict] = {}
@@ -691,17 +757,16 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
         info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
         fold_info[fold] = info
         say(f"fold {fold}: accuracy {accuracy(data.y[valid_idx], info['valid']):.4f} "
-            f"(weights of epoch {info['epoch_used']}, {info['train_seconds']:.0f} s training)")
+            f"(weights of epoch {info['epoch_used']} of {info['epochs']}, {info['train_seconds']:.0f} s training, "
+            f"flips/turns: {info['symmetry'].describe()})")
         return info["valid"], info["test"]
 
     result = cross_validate(fit_predict, folds, data.y, accuracy,
                             only_folds=None if cfg.fold is None else [cfg.fold])
+    say(summary({k: (info["symmetry"], info["symmetry_record"]) for k, info in fold_info.items()}))
     trained = np.isin(folds, sorted(fold_info))
-    views = np.zeros((len(fold_info[next(iter(fold_info))]["valid_views"]), len(folds), len(data.classes)))
-    for k, info in fold_info.items():
-        views[:, folds == k] = info["valid_views"]
-    tta = choose_tta(views[:, trained], data.y[trained], folds[trained])
-    tta["views_tried"] = len(views)
+    tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])
+    tta["views_tried"] = {k: info["views"] for k, info in fold_info.items()}
     result.oof[trained] = tta["oof"]
     result.fold_scores = [accuracy(data.y[folds == k], result.oof[folds == k]) for k in sorted(fold_info)]
     result.test = np.mean([info["test_views"][: tta["test"]].mean(0) for info in fold_info.values()], axis=0)
@@ -736,7 +801,8 @@ def write_leaves_run(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, resul
     record = leaves_record(cfg, data, folds, result, fold_info, tta, weights=weights, device=device,
                            run_dir=run_dir, timings={"load_s": load_seconds, "fold_s": result.fold_seconds,
                                                      "total_s": time.perf_counter() - started})
-    figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}),
+    scores = dict(zip(sorted(fold_info), result.fold_scores, strict=True))
+    figures = {"curves": curves_figure({k: v["history"] for k, v in fold_info.items()}, scores),
                "confusion": confusion_figure(data.y[trained], result.oof[trained].argmax(1), data.classes)}
     return write_run(submission, spec, out_dir=cfg.out_dir, record=record, oof=oof, figures=figures,
                      tables={"test_probs": test_probs})
@@ -750,14 +816,21 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
     extra = {
         "weights": weights,  # where the starting weights came from, with their SHA-256
         "data": {"dir": str(data.root), "source": data.source, "n_train": len(data.train),
-                 "n_test": len(data.test), "img_size": data.img_size},
+                 "n_test": len(data.test), "img_size": data.img_size, "img_size_rule": data.size_rule},
+        "symmetry": {str(k): {**v["symmetry_record"], "hflip": v["symmetry"].hflip, "vflip": v["symmetry"].vflip,
+                              "rot90": v["symmetry"].rot90} for k, v in fold_info.items()},
+        "schedule": {"epochs": {k: v["epochs"] for k, v in fold_info.items()},
+                     "rule": "--epochs" if cfg.epochs else f"auto: about {STEPS} optimizer steps per fold within "
+                                                           f"{EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs",
+                     "passes_per_image": {k: v["epochs"] for k, v in fold_info.items()}},
         "classes": data.classes,
         "trained_folds": sorted(fold_info),
-        "epoch_choice": epoch_choice(cfg),
+        "epoch_choice": epoch_choice(cfg, max(v["epochs"] for v in fold_info.values())),
         "fold_epochs_used": {k: v["epoch_used"] for k, v in fold_info.items()},
         "tta": {"views_tried": tta["views_tried"], "oof_accuracy_by_views": tta["oof_accuracy"],
                 "views_per_fold": tta["per_fold"], "views_test": tta["test"],
-                "rule": "each fold's rows use the view count best on the other folds' rows; test: best on all"},
+                "rule": "views are the identity then the fold's kept flips and turns; each fold's rows use the "
+                        "view count best on the other folds' rows; test: best on all"},
         "history": {k: v["history"] for k, v in fold_info.items()},
         "device": str(device),
         "world_size": world()[1],

@@ -1,0 +1,177 @@
+"""Which flips and turns keep an image's label: decided from the training rows, never assumed.
+
+The square's symmetry group (D4) has eight elements: the identity, the horizontal and vertical flips, the
+half turn, the two quarter turns and the two transposes. Many real sets keep their labels under all of
+them (leaves on a scanner, solar cells, cells under a microscope); many do not (digits, text, arrows,
+signs, anything with a gravity axis or a handedness). Training with a flip that turns one class into
+another costs those classes half their accuracy, and no later check sees it: a model trained on flipped
+images is flip-invariant by construction.
+
+The test (:func:`decide`): frozen pretrained features of every sampled training image in each of the eight
+views; for each element T, a ridge classifier fitted on an inner half of the rows with T as augmentation
+(the features of the image and of its T-view, both with the image's label) against one fitted on the
+same rows without it, both scored on the other half's untransformed images (cross-fitted over two
+halves, so every row is scored once). If T maps some class onto another, the augmented probe learns
+the two as one and loses their rows; if T keeps labels, it loses nothing. The burden of proof is on the
+flip: T is kept only when the data shows it costs at most ``tol`` accuracy, i.e. when the loss's upper
+confidence bound (the measured loss plus twice its paired standard error) stays within ``tol``; too few
+rows to show it, and T is left out. The augmentation then uses the largest group the timm-style flags
+can express (h and v flips, quarter turns) whose elements all passed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# each element as an operation on (..., H, W) tensors of square images
+ELEMENTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot180": lambda x: x.flip(-1).flip(-2),
+    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
+    "transpose": lambda x: x.transpose(-1, -2),
+    "antitranspose": lambda x: x.flip(-1).flip(-2).transpose(-1, -2),
+}
+# the subgroups the flags --hflip, --vflip and --rot90 can express (independent flips, random quarter turns),
+# largest first; the other four subgroups of D4 ({e, r180}, the transposes) need a diagonal flip no flag names
+GROUPS: list[tuple[str, ...]] = [
+    tuple(ELEMENTS),  # hflip + rot90 (or all three flags)
+    ("identity", "hflip", "vflip", "rot180"),  # hflip + vflip
+    ("identity", "rot180", "rot90", "rot270"),  # rot90
+    ("identity", "hflip"),
+    ("identity", "vflip"),
+    ("identity",),
+]
+
+
+@dataclass(frozen=True)
+class Symmetry:
+    """What the training augmentation and the test-time views use: flip probabilities and quarter turns."""
+
+    hflip: float = 0.0
+    vflip: float = 0.0
+    rot90: bool = False
+
+    @property
+    def group(self) -> tuple[str, ...]:
+        """The group these flips and turns generate (its elements, in :data:`ELEMENTS` order)."""
+        h, v, r = self.hflip > 0, self.vflip > 0, self.rot90
+        if r and (h or v):
+            return GROUPS[0]
+        if r:
+            return GROUPS[2]
+        return tuple(e for e in ELEMENTS if e == "identity" or (e == "hflip" and h) or (e == "vflip" and v)
+                     or (e == "rot180" and h and v))
+
+    @classmethod
+    def from_group(cls, group: tuple[str, ...]) -> Symmetry:
+        return cls(0.5 if "hflip" in group else 0.0, 0.5 if "vflip" in group and "rot90" not in group else 0.0,
+                   "rot90" in group)
+
+    def describe(self) -> str:
+        parts = [f"hflip {self.hflip:g}" if self.hflip else "", f"vflip {self.vflip:g}" if self.vflip else "",
+                 "rot90" if self.rot90 else ""]
+        return ", ".join(p for p in parts if p) or "none"
+
+
+def tta_elements(symmetry: Symmetry, n: int) -> list[str]:
+    """The first ``n`` test-time views: the identity, then the kept group's other elements (flips first)."""
+    return list(symmetry.group)[: max(1, n)]
+
+
+def probe_scores(features: dict[str, np.ndarray], y: np.ndarray, seed: int, alpha: float = 300.0) -> dict:
+    """Cross-fitted hits of the plain and of each T-augmented ridge probe on the rows' untransformed features.
+
+    ``features[name]`` holds (rows, dims) features of the rows in view ``name``. Two stratified halves; each is
+    scored by probes fitted on the other. Returns ``{"plain": hits, T: hits}`` (boolean per row).
+    """
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    hits = {name: np.zeros(len(y), bool) for name in ["plain", *[e for e in features if e != "identity"]]}
+    base = features["identity"]
+    for fit, held in StratifiedKFold(2, shuffle=True, random_state=seed).split(base, y):
+        scaler = StandardScaler().fit(base[fit])
+        held_x = scaler.transform(base[held])
+        for name in hits:
+            other = base[fit] if name == "plain" else features[name][fit]  # plain: the same rows twice
+            with warnings.catch_warnings():  # constant features (blank borders) make the system ill-conditioned
+                warnings.simplefilter("ignore")
+                probe = RidgeClassifier(alpha=alpha).fit(scaler.transform(np.vstack([base[fit], other])),
+                                                         np.concatenate([y[fit], y[fit]]))
+            hits[name][held] = probe.predict(held_x) == y[held]
+    return hits
+
+
+def decide(features: dict[str, np.ndarray], y: np.ndarray, seed: int = 0, tol: float = 0.04) -> dict:
+    """Which elements keep labels on these rows, and the largest flag-expressible group of kept elements.
+
+    Returns ``{"tests": {T: {"plain", "augmented", "delta", "se", "kept"}}, "group": (...), "symmetry":
+    Symmetry}``; ``features`` as in :func:`probe_scores`.
+    """
+    y = np.asarray(y)
+    inverse = np.unique(y, return_inverse=True)[1]
+    enough = np.bincount(inverse)[inverse] >= 2
+    _, y = np.unique(y[enough], return_inverse=True)  # a class needs a row in each half
+    if y.max(initial=0) < 1:  # fewer than two such classes: the data shows nothing, nothing is kept
+        return {"tests": {}, "group": ("identity",), "symmetry": Symmetry(), "rows": int(enough.sum())}
+    hits = probe_scores({name: f[enough] for name, f in features.items()}, y, seed)
+    plain, tests = hits.pop("plain"), {}
+    for name, aug in hits.items():
+        diff = aug.astype(float) - plain
+        se = float(np.sqrt(np.abs(diff).sum()) / len(diff))  # paired (McNemar) standard error of the mean difference
+        delta = float(diff.mean())
+        tests[name] = {"plain": float(plain.mean()), "augmented": float(aug.mean()), "delta": delta, "se": se,
+                       "kept": bool(delta - 2 * se >= -tol)}
+    kept = {"identity"} | {name for name, t in tests.items() if t["kept"]}
+    group = next(g for g in GROUPS if set(g) <= kept)
+    return {"tests": tests, "group": group, "symmetry": Symmetry.from_group(group), "rows": len(y)}
+
+
+def summary(decisions: dict[int, tuple[Symmetry, dict]]) -> str:
+    """One line: what each fold kept and why (flags, or the probe's figures for the element it lost most on)."""
+    kept = {k: sym.describe() for k, (sym, _) in decisions.items()}
+    text = next(iter(kept.values())) if len(set(kept.values())) == 1 else "; ".join(
+        f"fold {k}: {v}" for k, v in kept.items())
+    record = next(iter(decisions.values()))[1]
+    if record["source"] == "flags":
+        return f"flips and turns from the flags: {text}"
+    tests = record["tests"]
+    if not tests:
+        return f"flips and turns: {text} (too few rows per class to test any)"
+    worst = min(tests, key=lambda n: tests[n]["delta"])
+    lost = [n for n, t in tests.items() if not t["kept"]]
+    return (f"flips and turns kept by the training rows: {text} (linear probe on {record['rows']} rows of the first "
+            f"fold: accuracy {tests[worst]['plain']:.3f}, trained with {worst} {tests[worst]['augmented']:.3f}; "
+            f"labels change under: {', '.join(lost) or 'none'})")
+
+
+@torch.no_grad()
+def view_features(model: torch.nn.Module, images: torch.Tensor, mean, std, *, side: int | None = None,
+                  batch_size: int = 128, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Features (the last feature map average-pooled over a 2 x 2 grid) of uint8 square ``images`` in each of
+    the eight views, resized to
+    ``side`` px first when given (the test needs shapes, not fine detail; tiny images are enlarged so the
+    ImageNet features see them at a scale they know)."""
+    from features.images import normalise
+
+    model = model.to(device).eval()
+    out: dict[str, list[np.ndarray]] = {name: [] for name in ELEMENTS}
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device).float()
+        if side and side != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=side < x.shape[-1])
+        for name, op in ELEMENTS.items():
+            fmap = model.forward_features(normalise(op(x), mean, std))
+            # a 2 x 2 grid of average-pooled features: global pooling alone cannot tell a left arrow from a right one
+            grid = torch.nn.functional.adaptive_avg_pool2d(fmap, 2).flatten(1)
+            out[name].append(grid.float().cpu().numpy())
+    return {name: np.concatenate(parts) for name, parts in out.items()}
