@@ -114,13 +114,13 @@ def plain_finetune(root: Path, img_size: int, epochs: int = 8, batch_size: int =
     from torch import nn
 
     from features.images import load_images
-    from models.pretrained import create_backbone, input_stats
+    from models import create_model, input_stats
 
     torch.manual_seed(seed)
     train, test = pd.read_csv(root / "train.csv"), pd.read_csv(root / "test.csv")
     classes = sorted(train["label"].unique())
     y = torch.as_tensor(np.searchsorted(classes, train["label"]))
-    model = create_backbone("tf_efficientnet_lite0", len(classes))
+    model = create_model("tf_efficientnet_lite0", len(classes), pretrained=True)
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in input_stats(model))
 
     def tensors(names) -> torch.Tensor:  # decoded once, centre-cropped square, normalised

@@ -23,6 +23,15 @@ NUMERIC_COLUMNS = (
     "FullBath HalfBath BedroomAbvGr KitchenAbvGr TotRmsAbvGrd Fireplaces GarageYrBlt GarageCars GarageArea "
     "WoodDeckSF OpenPorchSF EnclosedPorch 3SsnPorch ScreenPorch PoolArea MiscVal MoSold YrSold"
 ).split()
+# The schema's text columns. A column in neither list is not the schema's: its kind comes from its values
+# (``is_numeric_column``), as ``select_dtypes("number")`` would decide it.
+CATEGORICAL_COLUMNS = (
+    "MSZoning Street Alley LotShape LandContour Utilities LotConfig LandSlope Neighborhood Condition1 Condition2 "
+    "BldgType HouseStyle RoofStyle RoofMatl Exterior1st Exterior2nd MasVnrType ExterQual ExterCond Foundation "
+    "BsmtQual BsmtCond BsmtExposure BsmtFinType1 BsmtFinType2 Heating HeatingQC CentralAir Electrical KitchenQual "
+    "Functional FireplaceQu GarageType GarageFinish GarageQual GarageCond PavedDrive PoolQC Fence MiscFeature "
+    "SaleType SaleCondition"
+).split()
 # NaN here means "the house has none" (data_description.txt), not "unknown".
 ABSENT_CATEGORY = (
     "Alley BsmtQual BsmtCond BsmtExposure BsmtFinType1 BsmtFinType2 FireplaceQu GarageType GarageFinish "
@@ -52,6 +61,42 @@ ORDINAL_MAPS: dict[str, dict[str, int]] = {
 }
 
 
+# Each engineered feature (``HouseFeatures``) and the raw columns it is made of: a feature whose columns are not
+# all in the data is skipped (not computed from zeros), and the run says which (``skipped_features``)
+ENGINEERED_FROM: dict[str, tuple[str, ...]] = {
+    "TotalSF": ("TotalBsmtSF", "1stFlrSF", "2ndFlrSF"),
+    "TotalBath": ("FullBath", "HalfBath", "BsmtFullBath", "BsmtHalfBath"),
+    "TotalPorch": ("OpenPorchSF", "EnclosedPorch", "3SsnPorch", "ScreenPorch", "WoodDeckSF"),
+    "HouseAge": ("YrSold", "YearBuilt"),
+    "RemodAge": ("YrSold", "YearRemodAdd"),
+    "Remodeled": ("YearRemodAdd", "YearBuilt"),
+    "QualSF": ("OverallQual", "GrLivArea"),
+    "QualTotalSF": ("OverallQual", "TotalBsmtSF", "1stFlrSF", "2ndFlrSF"),
+    "HasPool": ("PoolArea",),
+    "Has2ndFloor": ("2ndFlrSF",),
+    "HasGarage": ("GarageArea",),
+    "HasBsmt": ("TotalBsmtSF",),
+    "HasFireplace": ("Fireplaces",),
+}
+
+
+def is_numeric_column(name: str, values: pd.Series) -> bool:
+    """Whether ``name`` is a numeric feature: the schema says so for its own columns (``MSSubClass`` stays a
+    numeric code here, ``AS_CATEGORY`` turns it into text later); any other column is numeric when its values
+    are, as ``select_dtypes("number")`` decides (bool is not). An unknown float column is therefore scaled,
+    not one-hot encoded into a category per distinct value."""
+    if name in NUMERIC_COLUMNS or name in CATEGORICAL_COLUMNS:
+        return name in NUMERIC_COLUMNS
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def skipped_features(columns) -> dict[str, list[str]]:
+    """The engineered features that ``columns`` cannot make: feature -> the raw columns it lacks."""
+    have = set(columns)
+    return {name: [c for c in needs if c not in have] for name, needs in ENGINEERED_FROM.items()
+            if not set(needs) <= have}
+
+
 class _FrameTransformer(TransformerMixin, BaseEstimator):
     """Base: DataFrame in, DataFrame out, output names remembered at fit time."""
 
@@ -73,7 +118,7 @@ class HouseImputer(_FrameTransformer):
         X = self._base(X)
         self.lot_by_hood_ = X.groupby("Neighborhood")["LotFrontage"].median().dropna().to_dict() \
             if {"Neighborhood", "LotFrontage"} <= set(X.columns) else {}
-        numeric = [c for c in X.columns if c in NUMERIC_COLUMNS and c not in AS_CATEGORY]
+        numeric = [c for c in X.columns if c not in AS_CATEGORY and is_numeric_column(c, X[c])]
         self.medians_ = {c: (float(X[c].median()) if X[c].notna().any() else 0.0) for c in numeric}
         categorical = [c for c in X.columns if c not in self.medians_]
         self.modes_ = {c: (X[c].mode().iloc[0] if X[c].notna().any() else "None") for c in categorical}
@@ -131,9 +176,14 @@ def _col(X: pd.DataFrame, name: str) -> pd.Series:
 
 
 class HouseFeatures(_FrameTransformer):
-    """Engineered features a top kernel adds: total area, ages, bath and porch totals, indicators."""
+    """Engineered features a top kernel adds: total area, ages, bath and porch totals, indicators.
+
+    A feature whose raw columns (``ENGINEERED_FROM``) are not all in the fitted data is skipped: the rest of
+    it would be made of zeros, and a model would learn from a fake total.
+    """
 
     def fit(self, X: pd.DataFrame, y=None):
+        self.skipped_ = skipped_features(X.columns)
         self._remember_names(X)
         return self
 
@@ -157,6 +207,7 @@ class HouseFeatures(_FrameTransformer):
             "HasBsmt": (c("TotalBsmtSF") > 0).astype(float),
             "HasFireplace": (c("Fireplaces") > 0).astype(float),
         }
+        new = {name: values for name, values in new.items() if name not in self.skipped_}
         return pd.concat([X, pd.DataFrame(new, index=X.index).fillna(0.0)], axis=1)
 
 

@@ -11,6 +11,7 @@ the device, on whole batches (``features.augment``).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,10 @@ def decode_cache(paths: Sequence[str | Path], size: int, workers: int = 4, spill
         out = np.empty((n, 3, size, size), np.uint8)
     else:
         Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(spill_dir).free
+        if free < need + (64 << 20):  # a memory map on a full disk dies of SIGBUS, with no message at all
+            raise PipelineError(f"the decoded images need {need / 2**30:.1f} GiB on disk under {spill_dir} (more "
+                                f"than half the free RAM), but only {free / 2**30:.1f} GiB is free there")
         fd, name = tempfile.mkstemp(suffix=".npy", dir=spill_dir)
         os.close(fd)
         out = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))

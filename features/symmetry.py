@@ -156,21 +156,23 @@ def summary(decisions: dict[int, tuple[Symmetry, dict]]) -> str:
 
 @torch.no_grad()
 def view_features(model: torch.nn.Module, images: torch.Tensor, mean, std, *, side: int | None = None,
-                  batch_size: int = 128, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+                  batch_size: int = 32, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """Features (the last feature map average-pooled over a 2 x 2 grid) of uint8 square ``images`` in each of
-    the eight views, resized to
-    ``side`` px first when given (the test needs shapes, not fine detail; tiny images are enlarged so the
-    ImageNet features see them at a scale they know)."""
+    the eight views, resized to ``side`` px first when given (the test needs shapes, not fine detail; tiny
+    images are enlarged so the ImageNet features see them at a scale they know).
+
+    Batches of 32 in ``channels_last`` (oneDNN's fast layout; the model is a frozen copy nothing else uses):
+    960 images at 96 px took 14 s against 40 s in batches of 128 in the default layout on a 2-core CPU."""
     from features.images import normalise
 
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()
     out: dict[str, list[np.ndarray]] = {name: [] for name in ELEMENTS}
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device).float()
         if side and side != x.shape[-1]:
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=side < x.shape[-1])
         for name, op in ELEMENTS.items():
-            fmap = model.forward_features(normalise(op(x), mean, std))
+            fmap = model.forward_features(normalise(op(x), mean, std).contiguous(memory_format=torch.channels_last))
             # a 2 x 2 grid of average-pooled features: global pooling alone cannot tell a left arrow from a right one
             grid = torch.nn.functional.adaptive_avg_pool2d(fmap, 2).flatten(1)
             out[name].append(grid.float().cpu().numpy())

@@ -1,6 +1,7 @@
 """Pretrained weights the way timm users expect, with offline copies where a pip package ships them.
 
-``create_backbone(name, n, pretrained=True)`` finds the weights in this order:
+Where weights come from and how they are read, nothing else: :mod:`models._factory`'s ``create_model(name,
+n, pretrained=True)`` builds the model and asks :func:`resolve_weights`, which finds the weights in this order:
 
 1. ``pretrained_file``: a local checkpoint (``.pth``/``.pt``/``.safetensors``, read by timm's
    ``load_state_dict``: a saved ``state_dict``/``model``/EMA entry, ``module.`` prefixes dropped).
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models._head import get_classifier
+from models._registry import check_model_name, get_model_cfg
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import atomic_write, file_digest
 
@@ -98,8 +101,6 @@ def resolve_weights(name: str, *, pretrained: bool = True, pretrained_file: str 
         if not path.is_file():
             raise PipelineError(f"pretrained weights file of {packaged.distribution} not found: {path}")
         return WeightsOrigin("package", f"{packaged.distribution}/{path.name}", path, file_digest(path))
-    from models._registry import get_model_cfg
-
     if get_model_cfg(name):  # one of our own models/ (d2l classics, tabular): nobody publishes weights
         raise PipelineError(f"{name} has no pretrained weights; {NO_WEIGHTS_HINT}")
     return _timm_weights(name)
@@ -107,13 +108,9 @@ def resolve_weights(name: str, *, pretrained: bool = True, pretrained_file: str 
 
 def _timm_weights(name: str) -> WeightsOrigin:
     """timm's default weights of ``name``: the HF hub (cache first, ``HF_HUB_OFFLINE`` honoured), else its URL."""
-    import timm
     from timm.models import get_pretrained_cfg
 
-    if not timm.is_model(name):
-        from models._registry import create_fresh
-
-        create_fresh(name)  # raises the registry's one-line "unknown model" error with close matches
+    check_model_name(name)  # an unknown name: the registry's one-line error with close matches
     cfg = get_pretrained_cfg(name)
     if cfg is not None and cfg.hf_hub_id:
         return _hub_file(name, cfg.hf_hub_id, cfg.hf_hub_filename)
@@ -123,7 +120,7 @@ def _timm_weights(name: str) -> WeightsOrigin:
         try:
             path = Path(download_cached_file(cfg.url))
         except Exception as err:  # noqa: BLE001 - no network, HTTP error: one line either way
-            raise PipelineError(f"cannot fetch {name} weights from {cfg.url} ({type(err).__name__}); "
+            raise PipelineError(f"cannot fetch {name} weights from {cfg.url} ({_why(err)}); "
                                 f"{NO_WEIGHTS_HINT}") from err
         return WeightsOrigin("url", cfg.url, path, file_digest(path))
     raise PipelineError(f"timm has no pretrained weights for {name}; {NO_WEIGHTS_HINT}")
@@ -156,7 +153,7 @@ def _hub_file(name: str, hub_id: str, filename: str | None) -> WeightsOrigin:
             continue
         except Exception as err:  # noqa: BLE001 - gated/missing repo, HTTP errors
             raise PipelineError(f"cannot fetch {name} weights from the Hugging Face hub ({hub_id}): "
-                                f"{type(err).__name__}; {NO_WEIGHTS_HINT}") from err
+                                f"{_why(err)}; {NO_WEIGHTS_HINT}") from err
         _HUB_FILES[key] = path
         return WeightsOrigin("hub", f"{hub_id}/{candidate}", path, file_digest(path))
     if unreachable:
@@ -215,8 +212,8 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 def classifier_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the classifier (timm's ``get_classifier()``, else the last ``nn.Linear``)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Module):
+    head = get_classifier(model)
+    if head is None:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         head = linears[-1] if linears else None
     for prefix, module in model.named_modules():
@@ -265,43 +262,27 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = load_state_dict(str(path))
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
-        raise PipelineError(f"cannot read weights from {path}: {type(err).__name__}") from err
+        raise PipelineError(f"cannot read weights from {path}: {_why(err)}") from err
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-# --------------------------------------------------------------------------------------------- building
-def create_backbone(
-    name: str, num_classes: int | None = None, *, pretrained: bool = True, pretrained_file: str | Path | None = None,
-    **kwargs,
-) -> nn.Module:
-    """Build ``name`` through the model registry with its starting weights (see the module docstring).
-
-    The classifier is re-initialised for ``num_classes``. The model's ``pretrained_cfg`` carries the
-    mean/std its inputs must be normalised with (:func:`input_stats`).
-    """
-    from models._registry import create_model
-
-    return create_model(name, num_classes=num_classes, pretrained=pretrained, pretrained_file=pretrained_file,
-                        **kwargs)
-
-
-def create_pretrained(name: str, *, pretrained_file: str | Path | None = None, **kwargs) -> nn.Module:
-    """``create_model(..., pretrained=True)``: a fresh model plus the weights :func:`resolve_weights` finds."""
-    from models._registry import create_fresh
-
-    origin = resolve_weights(name, pretrained=True, pretrained_file=pretrained_file)
-    if origin.kind in ("hub", "url"):  # timm loads its own weights: checkpoint filters, head reset, in_chans
-        import timm
-
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(origin.path)}, **kwargs)
-    model = create_fresh(name, **kwargs)
+def load_pretrained(model: nn.Module, name: str, origin: WeightsOrigin) -> None:
+    """Load the ``file`` or ``package`` weights :func:`resolve_weights` found into the fresh ``model``
+    (timm loads its own ``hub``/``url`` weights while it builds). Only the classifier may differ; a packaged
+    variant's mean/std go into ``model.pretrained_cfg`` (:func:`input_stats` reads them)."""
     if origin.kind == "file":
         load_weights(model, read_weights_file(origin.path), f"weights in {origin.path}")
-    else:
+    elif origin.kind == "package":
         packaged = PACKAGED[name]
         load_weights(model, pretrained_state_dict(name), f"{origin.source}")
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "mean": packaged.mean, "std": packaged.std}
-    return model
+    else:
+        raise ValueError(f"timm loads {origin.kind} weights itself (timm.create_model(..., pretrained=True))")
+
+
+def _why(err: BaseException) -> str:
+    """An error's type and message (``PipelineError`` makes it one line and masks secrets)."""
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -7,7 +7,9 @@ Every failure ends in one ``error:`` line. A ``PipelineError`` is a known failur
 (exit 2); anything else is a bug or an environment problem: its full traceback goes to a log file
 (``runs/logs/`` or ``$PIPELINES_LOG_DIR``, masked like everything else) and the line names that file
 (exit 1); ``--debug`` prints the traceback inline as well. Library logging (e.g. Optuna's failed-trial
-tracebacks) goes to the same file, not the terminal.
+tracebacks) goes to the same file, not the terminal. A full disk, an exceeded quota, a read-only or forbidden
+path is a known failure too (exit 2, naming the path). Ctrl-C ends in ``error: interrupted`` (exit 130), SIGTERM
+in ``error: terminated`` (exit 143), both after the same clean-up.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from pipelines.commands import common_parser
-from pipelines.core.errors import PipelineError, mask_secrets
+from pipelines.core.errors import PipelineError, Terminated, disk_error, mask_secrets
 
 # verb -> (module, one-line help). Add a verb here; a competition's command comes from its registry entry.
 VERBS: dict[str, tuple[str, str]] = {
@@ -43,8 +49,17 @@ def commands() -> dict[str, tuple[str, str]]:
     return {**{c.command: (c.module, c.help) for c in list_competitions()}, **VERBS}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors (an unknown flag, a value out of range) as one ``error:`` line, exit 2, like
+    every other bad input, instead of a usage block; ``--help`` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("python -m pipelines").strip()
+        raise PipelineError(f"{command + ': ' if command else ''}{message} (--help lists the flags)")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m pipelines", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     parent = common_parser()
     wanted = next((a for a in argv if not a.startswith("-")), None)
@@ -113,22 +128,55 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         (file or sys.stderr).write(text)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (``timeout``, ``docker stop``, schedulers) raises ``Terminated``, a ``KeyboardInterrupt``, for
+    the duration of the command: the clean-up written for Ctrl-C (the writer's staging folder, tune's workers,
+    temporary files) runs for it too, where the default action killed the process mid-publish. Only the main
+    thread can set a handler (a test or a notebook may call ``main`` from another); the previous one is
+    restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def check_finite_flags(args: argparse.Namespace) -> None:
+    """Refuse ``nan`` or ``inf`` in any float flag of any command, before its work starts: a backstop for a flag
+    whose parser type is a bare ``float`` (``--lr nan`` made a run folder, then failed writing JSON)."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PipelineError(f"--{name.replace('_', '-')} {value}: expected a finite number")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     handler = log_handler(next((a for a in argv if not a.startswith("-")), "cli"))
     warnings.showwarning = _show_warning
     try:
-        args = build_parser(argv).parse_args(argv)  # imports the command: a broken install fails here, in one line
-        return int(args._module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        with sigterm_as_interrupt():
+            args = build_parser(argv).parse_args(argv)  # imports the command: a broken install fails here
+            check_finite_flags(args)
+            return int(args._module.run(args) or 0)
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + signal.SIGTERM.value if terminated else 130  # as a shell reports a signal's death
     except Exception as err:  # noqa: BLE001 - the one place where any failure becomes one line
         if debug:  # the masked traceback inline, for a known failure (PipelineError) or any other
             print(mask_secrets("".join(traceback.format_exception(err))), file=sys.stderr, end="")
-        if isinstance(err, PipelineError):
-            print(f"error: {err}", file=sys.stderr)
+        known = err if isinstance(err, PipelineError) else disk_error(err)  # a full disk: no bug, one line
+        if known is not None:
+            print(f"error: {known}", file=sys.stderr)
             return 2
         print(f"error: {unexpected(err, handler)}", file=sys.stderr)
         return 1

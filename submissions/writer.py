@@ -13,7 +13,9 @@ A run appears whole or not at all, and never overwrites anything:
    submission first, the record last. Linking the submission is the atomic claim of the stem: of two
    runs finishing in the same second, the second one's link fails and it moves to ``-2``, ``-3``...
    Ctrl-C and SIGTERM are held back during the few links and delivered right after, and any error
-   unlinks what was already published, so an interrupted run leaves either a complete run or nothing.
+   unlinks what was already published, so an interrupted run leaves either a complete run or nothing
+   (the CLI raises SIGTERM like Ctrl-C, ``errors.Terminated``, so the staging folder is removed for it too;
+   a full disk is one line naming the folder, ``errors.disk_error``).
    (Only a SIGKILL or a power cut inside the links' microseconds can leave a run without its record;
    ``runs`` ignores such files, and a staging folder a killed writer left is removed by the next writer.)
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.core.errors import PipelineError
+from pipelines.core.errors import PipelineError, disk_error
 from pipelines.core.records import RunRecord, dumps, git_state, package_versions, utc_now
 
 STAGING = ".staging"
@@ -298,6 +300,10 @@ def write_run(
             fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
         with _signals_held():
             stem = _publish(folder, base, staged, staging, render_record)
+    except OSError as err:  # a full disk, a quota, a folder made read-only since the check: one line naming it
+        if disk_error(err, folder) is None:
+            raise
+        raise disk_error(err, folder) from err
     finally:
         if staging is not None:
             with _signals_held():  # a second Ctrl-C must not stop the clean-up half way

@@ -26,6 +26,7 @@ the test ids and the class list); anything else is refused with one line.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +39,42 @@ from pipelines.competitions import get_competition
 from pipelines.core import blending
 from pipelines.core.competition import BlendSpec
 from pipelines.core.errors import PipelineError
+from pipelines.core.io import read_csv
 from pipelines.core.records import RunRecord
 
 
-def _read(path, what: str, **kwargs) -> pd.DataFrame:
+def _read(path, what: str, required=(), numeric=(), dtype=None, to_space=None) -> pd.DataFrame:
+    """A run's table, or one error naming it: missing, not a CSV, lacking a ``required`` column, or a ``numeric``
+    column (``p_*``: every column of that prefix) holding text, a blank or (in the metric's space, ``to_space``:
+    log for prices) a non-finite value."""
     if path is None or not path.is_file():
         raise PipelineError(f"{what} missing: {path}")
-    return pd.read_csv(path, **kwargs)
+    frame = read_csv(path, [*required, *(c for c in numeric if not c.endswith("*"))], dtype)
+    for column in [c for c in frame.columns if any(c == n or n.endswith("*") and c.startswith(n[:-1])
+                                                    for n in numeric)]:
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+        if to_space is not None:
+            with np.errstate(all="ignore"):
+                values = to_space(values)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise PipelineError(f"{path}: column {column!r} has {frame[column].iloc[bad[0]]!r} on line {bad[0] + 2}, "
+                                "not a usable number")
+    return frame
+
+
+def read_all(runs: list[Run], what: str, path_of: Callable[[Run], Path | None], **kwargs) -> list[pd.DataFrame]:
+    """Every run's table (``_read``); the runs whose table is bad are all named in one error line: the user named
+    each run to blend, so a blend of the others would not be the one asked for."""
+    frames, bad = [], []
+    for r in runs:
+        try:
+            frames.append(_read(path_of(r), f"{r.stem}: {what}", **kwargs))
+        except PipelineError as err:
+            bad.append(str(err))
+    if bad:
+        raise PipelineError(f"cannot blend {len(bad)} of the runs: {'; '.join(bad)}")
+    return frames
 
 
 def check_compatible(runs: list[Run]) -> None:
@@ -110,6 +140,16 @@ def base_columns(oof: pd.DataFrame, spec: BlendSpec) -> tuple[np.ndarray, list[s
     return space_columns(oof, columns, spec), [c.removeprefix("oof_") for c in columns]
 
 
+def recorded_cv(run: Run) -> float | None:
+    """The CV a run's record states, ``None`` for an older record that states none (a NaN would make the blend's
+    own record unsavable: records hold finite numbers only)."""
+    return run.cv_mean if math.isfinite(run.cv_mean) else None
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 WEIGHTS = ("fit", "equal")  # ``--weights``: fitted on out-of-fold predictions, or 1/n (nothing fitted)
 
 
@@ -148,8 +188,10 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
     writes, in ``spec``'s space (house prices: log price). Nothing is written here."""
     ID, TARGET = spec.id_column, spec.target  # noqa: N806 - the competition's column names
 
-    oofs = [_read(r.oof, f"{r.stem}: out-of-fold file") for r in runs]
-    subs = [_read(r.submission, f"{r.stem}: submission") for r in runs]
+    oofs = read_all(runs, "out-of-fold file", lambda r: r.oof, required=[ID, "fold"],
+                    numeric=[TARGET, "prediction", "oof_*"], to_space=spec.to_space)
+    subs = read_all(runs, "submission", lambda r: r.submission, required=[ID], numeric=[TARGET],
+                    to_space=spec.to_space)
     base = oofs[0]
     for r, oof, sub in zip(runs[1:], oofs[1:], subs[1:], strict=True):
         if not oof[ID].equals(base[ID]) or not oof["fold"].equals(base["fold"]):
@@ -173,7 +215,8 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
                   if b.shape[1] > 1 else blending.fold_scores(log_y, b[:, 0], folds, mask=scored))
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),
-                       "recorded_cv": r.cv_mean, "cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)),
+                       "recorded_cv": recorded_cv(r), "cv_mean": float(np.mean(scores)),
+                       "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
     weights = blend_weights(mode, log_oof[scored], log_y[scored], spec.fit_loss or blending.rmse)
 
@@ -205,6 +248,9 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
 def check_leaves_compatible(runs: list[Run]) -> None:
     """Leaves runs blend only with every fold trained and the same class list (the probability columns)."""
     classes = runs[0].record.extra.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise PipelineError(f"{runs[0].stem}: its record has no class list (classes), so its probabilities "
+                            "cannot be read")
     for r in runs:
         trained, folds = r.record.extra.get("trained_folds"), r.fold_ids or []
         if trained is not None and sorted(trained) != sorted(set(folds)):
@@ -225,16 +271,14 @@ def blend_leaves(runs: list[Run], mode: str = "fit") -> dict:
     """
     check_leaves_compatible(runs)
     text = {"image": str, "label": str, "pred": str}
-    oofs = [_read(r.oof, f"{r.stem}: out-of-fold file", dtype=text) for r in runs]
-    tests = [_read(r.table("test_probs"), f"{r.stem}: test probabilities (runs made before leaves saved them "
-                                          "cannot be blended; rerun it)", dtype=text) for r in runs]
-    base, classes = oofs[0], runs[0].record.extra["classes"]
+    classes = runs[0].record.extra["classes"]
     columns = [f"p_{c}" for c in classes]
+    oofs = read_all(runs, "out-of-fold file", lambda r: r.oof, required=["image", "fold", "label"],
+                    numeric=columns, dtype=text)
+    tests = read_all(runs, "test probabilities (runs made before leaves saved them cannot be blended; rerun it)",
+                     lambda r: r.table("test_probs"), required=["image"], numeric=columns, dtype=text)
+    base = oofs[0]
     for r, oof, test in zip(runs, oofs, tests, strict=True):
-        lacking = [c for c in ["image", "fold", "label", *columns] if c not in oof.columns] + \
-            [c for c in ["image", *columns] if c not in test.columns]
-        if lacking:
-            raise PipelineError(f"{r.stem}: its out-of-fold or test probability file lacks column {lacking[0]!r}")
         if not oof["image"].equals(base["image"]) or not oof["label"].equals(base["label"]):
             raise PipelineError(f"training ids differ between {runs[0].stem} and {r.stem}: "
                                 "they were trained on different images")
@@ -268,7 +312,7 @@ def blend_leaves(runs: list[Run], mode: str = "fit") -> dict:
         blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, blending.log_loss)
         blend_test = blending.blend(test_probs, weights)
     inputs = [{"run": r.stem, "record": r.path.name, "preset": r.record.preset,
-               "models": models_label(r.record), "recorded_cv": r.cv_mean, **scored(oof_probs[:, i]),
+               "models": models_label(r.record), "recorded_cv": recorded_cv(r), **scored(oof_probs[:, i]),
                "weight": float(w)} for i, (r, w) in enumerate(zip(runs, weights, strict=True))]
     labels = np.asarray(classes)
     oof = pd.DataFrame({"image": base["image"], "fold": folds, "label": base["label"],
@@ -368,7 +412,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from submissions.writer import check_writable_dir
 
-    runs = [find_run(ref, args.out_dir) for ref in args.runs]
+    runs, bad = [], []
+    for ref in args.runs:  # every named run that cannot be read is named at once, not the first only
+        try:
+            runs.append(find_run(ref, args.out_dir))
+        except PipelineError as err:
+            bad.append(str(err))
+    if bad:
+        raise PipelineError(f"cannot blend {len(bad)} of the runs named: {'; '.join(bad)}")
     check_compatible(runs)
     check_writable_dir(Path(args.out_dir) / runs[0].competition)  # before the blending work, not after
     return BLENDERS[get_competition(runs[0].competition).blend.kind](runs, args, start)
@@ -388,7 +439,7 @@ def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> i
     print(f"{'run':<{width}}  weight  CV {metric} on the same {out['scored_rows']} rows (recorded)")
     for info in out["inputs"]:
         print(f"{info['run']:<{width}}  {info['weight']:.3f}   {info['cv_mean']:.5f} ± {info['cv_std']:.5f}"
-              f"  ({info['recorded_cv']:.5f})")
+              f"  ({_num(info['recorded_cv'], 5)})")
     best = min(i["cv_mean"] for i in out["inputs"])
     print(f"{label:<{width}}  1.000   {out['cv_mean']:.5f} ± {out['cv_std']:.5f}"
           f"  ({out['cv_mean'] - best:+.5f} vs the best input)")
@@ -419,7 +470,7 @@ def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
               f"{info['log_loss']:.4f} ± {info['log_loss_std']:.4f}  {tail}")
 
     for info in out["inputs"]:
-        line(info["run"], info["weight"], info, f"{info['recorded_cv']:.4f}")
+        line(info["run"], info["weight"], info, _num(info["recorded_cv"], 4))
     best = max(out["inputs"], key=lambda i: i["cv_mean"])
     line(label, 1.0, out, f"{out['cv_mean'] - best['cv_mean']:+.4f} vs the best input")
     if args.weights == "fit":

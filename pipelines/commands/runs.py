@@ -20,7 +20,7 @@ from pipelines.core.io import atomic_write
 from pipelines.core.records import RunRecord
 
 SUFFIXES = (".json", ".csv", "_oof.csv", "_test_probs.csv")
-COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path")
+COLUMNS = ("time", "preset", "models", "cv_mean", "cv_std", "wall_s", "submitted", "public_score", "path", "missing")
 
 
 @dataclass
@@ -46,6 +46,14 @@ class Run:
     def oof(self) -> Path | None:
         name = self.record.files.get("oof")
         return self.path.with_name(name) if name else None
+
+    @property
+    def missing(self) -> list[str]:
+        """The files its record names that are gone (``submission``, ``oof``, ``tables.<name>``): an incomplete run
+        cannot be submitted or blended as it stands, so the leaderboard says so and ranks it last."""
+        named = {"submission": self.submission, "oof": self.oof,
+                 **{f"tables.{k}": self.table(k) for k in self.record.files.get("tables") or {}}}
+        return [k for k, path in named.items() if path is not None and not path.is_file()]
 
     def table(self, name: str) -> Path | None:
         """A further table the run wrote (leaves: ``test_probs``), if its record names one."""
@@ -80,14 +88,26 @@ def is_record(data: object) -> bool:
 
 
 def read_run(path: Path) -> Run:
-    """The run whose record is ``path``; a one-line error when it is not one."""
+    """The run whose record is ``path``; one error line naming the file and what is wrong with it."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise PipelineError(f"{path}: not a readable run record ({type(err).__name__})") from err
+    return to_run(path, data)
+
+
+def to_run(path: Path, data: object) -> Run:
+    """``data`` read from ``path`` as a run, each of its fields the leaderboard shows readable (``row``), or one
+    error naming the file and its bad field (a hand-edited or truncated record must not surface as a traceback
+    in whatever command reads it next)."""
     if not is_record(data):
-        raise PipelineError(f"{path}: not a run record (no competition/files)")
-    return Run(path, RunRecord.from_dict(data))
+        raise PipelineError(f"{path}: not a run record (no competition/files.submission)")
+    try:
+        run = Run(path, RunRecord.from_dict(data))
+        row(run)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise PipelineError(f"{path}: bad run record: {err}") from None
+    return run
 
 
 def find_run(ref: str, out_dir: str | Path) -> Run:
@@ -111,19 +131,26 @@ def find_run(ref: str, out_dir: str | Path) -> Run:
 
 
 def load_runs(out_dir: str | Path, competition: str | None = None) -> list[Run]:
-    """Every run record under ``out_dir`` (optionally one competition); unreadable JSON is skipped, said once."""
+    """Every good run record under ``out_dir`` (optionally one competition's folder).
+
+    One bad record never hides the others: a file that is not JSON, or a record with a field of the wrong
+    type (``cv_mean`` as text or null...), is skipped, and every such file is named in one warning line.
+    A JSON file that does not look like a record at all (no ``competition``) is not a run and is ignored.
+    """
     root = Path(out_dir)
     folders = [root / competition] if competition else sorted(p for p in root.glob("*") if p.is_dir())
-    runs = []
-    for folder in folders:
-        for path in sorted(folder.glob("*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                print(f"warning: {path}: unreadable JSON, skipped", file=sys.stderr)
-                continue
-            if is_record(data):
-                runs.append(Run(path, RunRecord.from_dict(data)))
+    runs, bad = [], []
+    for path in (p for folder in folders for p in sorted(folder.glob("*.json"))):
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "competition" in data:
+                runs.append(to_run(path, data))
+        except (OSError, ValueError) as err:
+            bad.append(f"{path} (unreadable JSON: {type(err).__name__})")
+        except PipelineError as err:
+            bad.append(f"{path} ({str(err).removeprefix(f'{path}: ')})")
+    if bad:
+        print(f"warning: skipped {len(bad)} bad run record{'s' * (len(bad) > 1)}: {'; '.join(bad)}", file=sys.stderr)
     return runs
 
 
@@ -157,17 +184,19 @@ def row(run: Run, relative_to: Path | None = None) -> dict:
         "submitted": len(subs),
         "public_score": scores[-1] if scores else None,
         "path": str(path),
+        "missing": " ".join(run.missing),
     }
 
 
 def leaderboard(runs: list[Run], greater_is_better: bool = False) -> list[dict]:
-    """Rows sorted best CV first; runs without a CV last."""
+    """Rows sorted best CV first; incomplete runs (a file gone, ``Run.missing``) after every complete one, and
+    runs without a CV last within each."""
     rows = [row(r, Path.cwd()) for r in runs]
 
     def key(r: dict) -> tuple:
         cv = r["cv_mean"]
-        missing = cv is None or math.isnan(cv)
-        return (missing, 0.0 if missing else (-cv if greater_is_better else cv), r["time"])
+        no_cv = cv is None or math.isnan(cv)
+        return (bool(r["missing"]), no_cv, 0.0 if no_cv else (-cv if greater_is_better else cv), r["time"])
 
     return sorted(rows, key=key)
 
@@ -182,7 +211,9 @@ def format_table(rows: list[dict], metric: str) -> str:
     header = ["#", "time (UTC)", "preset", "models", f"CV {metric}", "wall", "sub", "public", "path"]
     body = [[str(i + 1), r["time"].replace("+00:00", ""), r["preset"], r["models"],
              f"{_fmt(r['cv_mean'])} ± {_fmt(r['cv_std'])}", f"{_fmt(r['wall_s'], 1)}s",
-             "yes" if r["submitted"] else "no", _fmt(r["public_score"]), r["path"]] for i, r in enumerate(rows)]
+             "yes" if r["submitted"] else "no", _fmt(r["public_score"]),
+             r["path"] + (f"  [incomplete, missing: {r['missing']}]" if r["missing"] else "")]
+            for i, r in enumerate(rows)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
              for line in [header, *body]]
@@ -223,27 +254,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print each competition's leaderboard, then write its CSV copy.
+
+    The table comes first: the CSV is a derived copy, so a folder it cannot be written to (read-only,
+    full) costs that copy only, said in one warning line. An explicit ``--csv`` is the user's request and is
+    checked before any work instead.
+    """
     from pipelines.competitions import get_competition
 
     out_dir = Path(args.out_dir)
+    name = None
     if args.competition:
         try:
-            names = [get_competition(args.competition).name]
+            name = get_competition(args.competition).name
         except PipelineError:  # a folder of runs from a competition this checkout does not know
-            names = [args.competition]
-    else:
-        names = sorted({r.competition for r in load_runs(out_dir)})
-    if not names:
-        raise PipelineError(f"no runs under {out_dir}: run a pipeline first, e.g. `make house-prices`")
-    if args.csv and args.csv != "-" and len(names) > 1:
-        raise PipelineError(f"--csv {args.csv} with {len(names)} competitions: add --competition")
-    for name in names:
-        if args.csv != "-":
-            check_csv_target(Path(args.csv) if args.csv else out_dir / name / "runs.csv")
-    for i, name in enumerate(names):
-        runs = load_runs(out_dir, name)
-        if not runs:
-            raise PipelineError(f"no {name} runs under {out_dir / name}")
+            name = args.competition
+    groups: dict[str, list[Run]] = {}
+    for r in load_runs(out_dir, name):  # read once: each bad record is named once
+        groups.setdefault(r.path.parent.name, []).append(r)
+    if not groups:
+        raise PipelineError(f"no {name} runs under {out_dir / name}" if name else
+                            f"no runs under {out_dir}: run a pipeline first, e.g. `make house-prices`")
+    if args.csv and args.csv != "-":
+        if len(groups) > 1:
+            raise PipelineError(f"--csv {args.csv} with {len(groups)} competitions: add --competition")
+        check_csv_target(Path(args.csv))
+    for i, (name, runs) in enumerate(sorted(groups.items())):
         try:
             comp = get_competition(name)
             metric, greater = comp.metric, comp.greater_is_better
@@ -253,11 +289,18 @@ def run(args: argparse.Namespace) -> int:
         if args.csv == "-":
             write_csv(rows, None)
             continue
-        csv_path = Path(args.csv) if args.csv else out_dir / name / "runs.csv"
-        write_csv(rows, csv_path)
         if i:
             print()
-        print(f"{name}: {len(rows)} runs, best {'highest' if greater else 'lowest'} {metric} first")
+        incomplete = sum(bool(r["missing"]) for r in rows)
+        print(f"{name}: {len(rows)} runs{f' ({incomplete} incomplete, ranked last)' if incomplete else ''}, "
+              f"best {'highest' if greater else 'lowest'} {metric} first")
         print(format_table(rows, metric))
-        print(f"csv: {csv_path}")
+        csv_path = Path(args.csv) if args.csv else out_dir / name / "runs.csv"
+        try:
+            write_csv(rows, csv_path)
+        except OSError as err:
+            print(f"warning: the leaderboard above is complete, but its CSV copy {csv_path} could not be written "
+                  f"({err.strerror or type(err).__name__}); pass --csv PATH or --csv -", file=sys.stderr)
+        else:
+            print(f"csv: {csv_path}")
     return 0

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.commands import float_in, positive_float
 from pipelines.commands.runs import Run, read_run
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import atomic_write, file_digest
+from pipelines.core.kaggle_client import DEFAULT_TIMEOUT, TIMEOUT_ENV
 from pipelines.core.records import dumps, utc_now
 from submissions.writer import SubmissionSpec, validate_submission
 
@@ -63,7 +65,7 @@ def resolve(path: Path, competition: str | None, data_dir: str | None) -> tuple[
         raise PipelineError(f"{path} is a {run.competition} run, not {competition}")
     comp = get_competition(run.competition)
     slug = run.record.kaggle_competition or comp.kaggle_slug  # the record's own slug first
-    return run, comp.build_spec(data_dir or run.record.data_dir), slug
+    return run, comp.build_spec(run.record.data_dir if data_dir is None else data_dir), slug
 
 
 def validate(path: Path, competition: str | None = None, data_dir: str | None = None) -> tuple[Run | None, str, int]:
@@ -103,8 +105,9 @@ def _replace(path: Path, before: dict, after: dict) -> None:
         fh.write(dumps(after))
 
 
-def fetch_scores(record_path: Path, slug: str, creds, wait: float) -> dict[int, float]:
-    """Poll Kaggle (up to ``wait`` seconds) for the public scores of this record's submissions."""
+def fetch_scores(record_path: Path, slug: str, creds, wait: float, timeout: float | None = None) -> dict[int, float]:
+    """Poll Kaggle (up to ``wait`` seconds, each call limited to ``timeout``) for the public scores of this
+    record's submissions."""
     from pipelines.core import kaggle_client
 
     refs = {s.get("kaggle_ref") for s in json.loads(record_path.read_text()).get("submissions", [])} - {None}
@@ -112,7 +115,7 @@ def fetch_scores(record_path: Path, slug: str, creds, wait: float) -> dict[int, 
         raise PipelineError(f"{record_path.name}: no recorded submission with a Kaggle reference to score")
     deadline = time.monotonic() + wait
     while True:
-        found = {s["ref"]: s["public_score"] for s in kaggle_client.submissions(slug, creds)
+        found = {s["ref"]: s["public_score"] for s in kaggle_client.submissions(slug, creds, timeout)
                  if s["ref"] in refs and s["public_score"] is not None}
         if found or time.monotonic() >= deadline:
             return found
@@ -128,7 +131,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after sending, poll Kaggle for the public score and record it")
     parser.add_argument("--score-only", action="store_true",
                         help="send nothing: read back the public scores of this file's recorded submissions")
-    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for a score (default 120)")
+    parser.add_argument("--wait", type=float_in(0), default=120.0, help="seconds to wait for a score (default 120)")
+    parser.add_argument("--timeout", type=positive_float, default=None,
+                        help="seconds each network call may wait for Kaggle before giving up (default: "
+                             f"${TIMEOUT_ENV}, else {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--competition", default=None, help="for a file without a run record beside it")
     parser.add_argument("--data-dir", default=None, help="the competition files (default: the ones the run used)")
 
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.score_only:
         if run_ is None:
             raise PipelineError(f"{path}: no run record, so no recorded submissions to score")
-        scores = fetch_scores(run_.path, slug, creds, 0.0)
+        scores = fetch_scores(run_.path, slug, creds, 0.0, args.timeout)
         set_scores(run_.path, scores)
         print(f"public scores: {scores or 'none yet'}")
         return 0
@@ -157,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     message = args.message or (f"{path.stem} (CV {run_.cv_mean:.5f})" if run_ else path.stem)
     digest = file_digest(path)
     print(f"sending {path.name} to {slug} with {creds.describe()} ...", flush=True)
-    response = kaggle_client.submit(path, message, slug, creds)
+    response = kaggle_client.submit(path, message, slug, creds, args.timeout)
     entry = {"time_utc": utc_now().isoformat(timespec="seconds"), "message": message, "file": path.name,
              "sha256": digest, "kaggle_competition": slug, "kaggle_ref": response["ref"],
              "kaggle_message": response["message"], "credentials": creds.method}
@@ -168,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print("not recorded: the file has no run record", file=sys.stderr)
     print(f"submitted: {slug} ref {response['ref']} ({response['message'] or 'ok'})")
     if args.fetch_score and run_ is not None:
-        scores = fetch_scores(run_.path, slug, creds, args.wait)
+        scores = fetch_scores(run_.path, slug, creds, args.wait, args.timeout)
         set_scores(run_.path, scores)
         score = scores.get(response["ref"])
         print(f"public score: {score if score is not None else f'not ready after {args.wait:.0f}s'}")

@@ -5,9 +5,10 @@ a search space that lives beside the models it tunes, e.g. ``house_prices/estima
 ``leaves/objective.SEARCH_SPACE``); its own flags (``Competition.add_tune_arguments``, e.g. house prices'
 ``--models``, leaves' ``--epochs`` and ``--set``) follow its name. ``--trials N`` is the total
 number of finished trials wanted in the study, so re-running the same command resumes a killed session.
-``--workers K`` starts K processes on the same study; workers on other machines join by running the
-same command with the same ``--storage postgresql://…`` and ``--study``. ``--best`` then trains the
-best trial's configuration and writes a submission through the pipeline's normal run path.
+``--workers K`` starts K processes on the same study (they stop with it: Ctrl-C, SIGTERM, even ``kill -9``);
+workers on other machines join by running the same command with the same ``--storage postgresql://…`` and
+``--study``. ``--best`` then trains the best trial's configuration and writes a submission through the
+pipeline's normal run path.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import NoReturn
 
 import optuna
 
-from pipelines.commands import common_parser
+from pipelines.commands import common_parser, int_at_least, positive_float
 from pipelines.competitions import Competition, get_competition, list_competitions
 from pipelines.core import tuning
-from pipelines.core.errors import PipelineError
+from pipelines.core.errors import PipelineError, Terminated
 
 STORAGE_ENV = "PIPELINES_TUNE_STORAGE"  # the storage URL without putting its password on a command line
+PARENT_ENV = "PIPELINES_TUNE_PARENT"  # a worker's parent pid: the worker stops when it is gone
 
 
 def make_objective(args: argparse.Namespace):
@@ -116,30 +118,46 @@ def child_argv(args: argparse.Namespace, index: int) -> list[str]:
 
 
 def run_workers(args: argparse.Namespace, study: optuna.Study, progress: tuning.Progress) -> None:
-    """Start K worker processes on the study and print progress until they exit."""
+    """Start K worker processes on the study and print progress until they exit.
+
+    The workers stop with this process: on Ctrl-C, SIGTERM (the CLI raises it as ``errors.Terminated``) or any
+    error here they are sent SIGTERM (their running trials are failed and the next session runs new ones), and
+    a ``kill -9`` of this process reaches them through ``tuning.die_with_parent``."""
     # the storage URL travels in the environment, not in argv: a password in argv is visible to every local
     # user through ps and /proc
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args.storage}
-    procs = [subprocess.Popen(child_argv(args, i + 1), env=env) for i in range(args.workers)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args.storage, PARENT_ENV: str(os.getpid())}
+    procs: list[subprocess.Popen] = []
     last = None
     try:
+        for i in range(args.workers):
+            procs.append(subprocess.Popen(child_argv(args, i + 1), env=env))
         while any(p.poll() is None for p in procs):
             time.sleep(2)
             line = progress.line(study)
             if line.split(";")[0] != last:
                 last = line.split(";")[0]
                 print(line, flush=True)
-    except KeyboardInterrupt:
-        for p in procs:  # their running trials go stale and are retried by the next session
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
+    except BaseException:
+        stop_workers(procs)
         raise
     failed = [p.returncode for p in procs if p.returncode]
     if failed:
         raise PipelineError(f"{len(failed)} of {len(procs)} workers failed (exit status {failed}); "
                             f"run the same command again to resume")
+
+
+def stop_workers(procs: list[subprocess.Popen], grace: float = 30) -> None:
+    """SIGTERM every live worker and wait for it; one still running after ``grace`` seconds is killed."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def summary(study: optuna.Study, n_trials: int) -> str:
@@ -162,22 +180,22 @@ def add_study_arguments(parser: argparse.ArgumentParser, defaults: bool = True) 
     """The flags of every study, whatever the competition. ``defaults=False``: unset unless given (the
     parser's ``argument_default=SUPPRESS``), for the copy each competition's sub-parser holds."""
     a = parser.add_argument
-    a("--trials", type=int, help="finished trials wanted in the study in total (default 20)")
-    a("--timeout", type=float, help="stop starting trials after this many seconds")
+    a("--trials", type=int_at_least(1), help="finished trials wanted in the study in total (default 20)")
+    a("--timeout", type=positive_float, help="stop starting trials after this many seconds")
     a("--study", help="study name (default: the competition)")
     a("--storage", help="sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB "
                         f"(default: ${STORAGE_ENV}, else sqlite file runs/tune/<study>.db)")
-    a("--workers", type=int, help="worker processes on this machine (default 1)")
+    a("--workers", type=int_at_least(1), help="worker processes on this machine (default 1)")
     a("--pruner", choices=tuning.PRUNERS, help="median (default), halving or none")
     a("--best", action="store_true", help="after the study, train the best trial and write a submission")
     a("--runs-dir", help="default storage and plots go to RUNS_DIR/tune (default runs)")
     a("--no-plots", action="store_true", help="skip the PNG plots after the study")
     a("--quiet", action="store_true", help="no per-trial progress lines")
-    a("--folds", type=int, help="CV folds (default: the pipeline's)")
+    a("--folds", type=int_at_least(2), help="CV folds (default: the pipeline's)")
     a("--data-dir", help="competition folder (default: the pipeline's)")
-    a("--heartbeat-interval", type=int, help="seconds between a running trial's heartbeats (default 10)")
-    a("--grace-period", type=int, help="a trial silent this long is failed and retried (default 30)")
-    a("--worker-index", type=int, help=argparse.SUPPRESS)
+    a("--heartbeat-interval", type=int_at_least(1), help="seconds between a running trial's heartbeats (default 10)")
+    a("--grace-period", type=int_at_least(1), help="a trial silent this long is failed and retried (default 30)")
+    a("--worker-index", type=int_at_least(0), help=argparse.SUPPRESS)
     if defaults:
         parser.set_defaults(**STUDY_DEFAULTS)
 
@@ -242,6 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.worker_index:  # a worker of `tune --workers K`: it stops when that process does, even by kill -9
+        tuning.die_with_parent(int(os.environ.get(PARENT_ENV) or 0) or None)
     if args.trials < 1 or args.workers < 1:
         raise PipelineError("--trials and --workers must be at least 1")
     if args.grace_period <= args.heartbeat_interval:
@@ -266,6 +286,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             tuning.run_worker(study, objective, args.trials, timeout=args.timeout,
                               on_trial_end=None if args.quiet else progress)
+    except KeyboardInterrupt as err:  # a worker stopped with its session: the session says it, in one line
+        if not args.worker_index:
+            raise
+        return 128 + signal.SIGTERM.value if isinstance(err, Terminated) else 130
     except PipelineError:
         raise
     except Exception as err:

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipelines.core.errors import PipelineError
+
 
 class Objective(Protocol):
     """What ``tune`` runs: built from the command's flags; ``FixedTrial(best.params)`` reruns a trial."""
@@ -84,6 +86,18 @@ class Competition:
     @property
     def direction(self) -> str:
         return "maximize" if self.greater_is_better else "minimize"
+
+    def data_folder(self, data_dir: str | Path | None) -> Path:
+        """The folder ``--data-dir`` names, or ``default_data`` when the flag was not given (``None``).
+
+        An empty or blank path is refused, not read as "not given": ``--data-dir "$DIR"`` with ``DIR`` unset
+        must not silently train on the shipped data, or build data inside the checkout.
+        """
+        if data_dir is None:
+            return self.default_data
+        if not str(data_dir).strip():
+            raise PipelineError("--data-dir is empty: name a folder, or leave the flag out for the default data")
+        return Path(data_dir)
 
     @property
     def blendable(self) -> bool:

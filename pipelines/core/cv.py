@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.seed import seed32
 
 STRATEGIES = ("kfold", "stratified", "binned", "group")
 MIN_ROWS_PER_FOLD = 2  # a fold scores on at least two rows
@@ -72,7 +73,7 @@ class RepeatedFoldSplitter:
                  n_bins: int = 10):
         if n_repeats < 1:
             raise PipelineError(f"--repeats must be at least 1, got {n_repeats}")
-        self.splitters = [FoldSplitter(n_splits, strategy, seed + r, n_bins) for r in range(n_repeats)]
+        self.splitters = [FoldSplitter(n_splits, strategy, seed32(seed + r), n_bins) for r in range(n_repeats)]
         self.n_splits, self.n_repeats = n_splits, n_repeats
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
@@ -106,7 +107,7 @@ def make_repeated_folds(n_rows_or_y, n_splits: int = 5, n_repeats: int = 1, stra
                         groups=None) -> np.ndarray:
     """Fold ids of every row in every repeat, shape ``(n_repeats, rows)``; row 0 is ``make_folds(..., seed)``."""
     RepeatedFoldSplitter(n_splits, n_repeats, strategy, seed)  # validates the arguments
-    return np.stack([make_folds(n_rows_or_y, n_splits, strategy, seed + r, groups) for r in range(n_repeats)])
+    return np.stack([make_folds(n_rows_or_y, n_splits, strategy, seed32(seed + r), groups) for r in range(n_repeats)])
 
 
 @dataclass

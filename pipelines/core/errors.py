@@ -9,6 +9,7 @@ parse: a missing ``:``, a missing scheme, an unencoded ``@`` in the password.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterable
@@ -70,3 +71,27 @@ class PipelineError(Exception):
 
     def __str__(self) -> str:  # one line whatever the caller passed, and never a secret
         return mask_secrets(" ".join(super().__str__().split()))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, a scheduler), raised like Ctrl-C so that every clean-up written
+    for Ctrl-C (``finally`` blocks, the writer's staging folder, tune's workers) runs for it too."""
+
+
+# an OSError the user can act on (free space, a writable folder): one line naming the path, no traceback
+_DISK_ERRORS = {errno.ENOSPC: "no space left on device writing {}", errno.EDQUOT: "disk quota exceeded writing {}",
+                errno.EROFS: "read-only file system: cannot write {}", errno.EACCES: "permission denied: {}"}
+
+
+def disk_error(err: BaseException, path: object = None) -> PipelineError | None:
+    """The one-line ``PipelineError`` for a full disk, an exceeded quota, a read-only or forbidden path found in
+    ``err`` or the errors it was raised from, naming ``path`` (else the error's own filename);
+    ``None`` for any other error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+            where = path or err.filename or "a file"
+            return PipelineError(_DISK_ERRORS[err.errno].format(where))
+        err = err.__cause__
+    return None

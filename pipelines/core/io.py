@@ -21,7 +21,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from pipelines.core.errors import PipelineError
+from pipelines.core.errors import PipelineError, disk_error
 
 # |value| above this is refused in a numeric column: no real feature or target comes near it, and squares
 # and sums of such values overflow float64 inside the models
@@ -44,19 +44,26 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
     in one ``os.replace``; on any failure (Ctrl-C too) the temporary file is removed and ``path`` is untouched.
 
     Readers never see half a file and a killed writer leaves its previous version (records, checkpoints,
-    caches that parallel DDP ranks may write at once: each writer has its own temporary name).
+    caches that parallel DDP ranks may write at once: each writer has its own temporary name). The data is
+    fsynced before the replace: after a power cut the name holds the old file or the whole new one, never an
+    empty one that a resume would trust. A full disk (or a read-only, forbidden folder) is one line naming
+    ``path`` (``errors.disk_error``), not the bare ``[Errno 28]`` of whichever write hit it.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and disk_error(err, path):
+            raise disk_error(err, path) from err
         raise
 
 

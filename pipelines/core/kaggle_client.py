@@ -6,6 +6,9 @@ it prints a page of help and swallows a ``SystemExit``; with a token it calls th
 ``KaggleApi.authenticate()`` itself calls ``exit(1)``. So we look for credentials ourselves first (to say
 exactly how to set one up), import the client with its output captured, and catch ``SystemExit`` too.
 
+Every call has a time limit (``timeout``): the client sets none, so a network that accepts a connection and
+never answers (a dead proxy, a captive portal) would hang ``submit`` for ever.
+
 Secrets never leave this module: ``Credentials`` keeps them out of its ``repr``, messages are scrubbed
 of every secret value before they are raised, and the client's own printing is captured and dropped.
 """
@@ -15,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+import socket
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +30,8 @@ from typing import Any
 from pipelines.core.errors import PipelineError, mask_secrets
 
 TOKEN_URL = "https://www.kaggle.com/settings/api"
+TIMEOUT_ENV = "PIPELINES_KAGGLE_TIMEOUT"  # seconds each network wait may take (``submit --timeout`` overrides)
+DEFAULT_TIMEOUT = 30.0  # a Kaggle API call answers within seconds; an upload sends its bytes well within this
 SETUP_HELP = (
     f"no Kaggle credentials found: create an API token at {TOKEN_URL} ('Generate New Token'), then either "
     "`export KAGGLE_API_TOKEN=<token>` or save it to ~/.kaggle/access_token and `chmod 600` it "
@@ -191,8 +198,9 @@ def _reason(err: BaseException) -> str:
 
 
 def translate(err: BaseException, competition: str, creds: Credentials | None,
-              offline_hint: str = "validate only with --dry-run") -> PipelineError:
-    """One line a user can act on, for whatever the client raised (``offline_hint``: what to do offline)."""
+              offline_hint: str = "validate only with --dry-run", timeout: float | None = None) -> PipelineError:
+    """One line a user can act on, for whatever the client raised (``offline_hint``: what to do offline,
+    ``timeout``: the limit a timed-out call ran under)."""
     import requests
 
     rules = f"https://www.kaggle.com/competitions/{competition}/rules"
@@ -217,7 +225,12 @@ def translate(err: BaseException, competition: str, creds: Credentials | None,
         else:
             first = str(err).splitlines()[0] if str(err) else ""
             msg = f"Kaggle answered {code} for {competition}: {first}"
-    elif isinstance(err, requests.ConnectionError | requests.Timeout):
+    elif isinstance(err, requests.Timeout | TimeoutError) or (
+            isinstance(err, requests.ConnectionError) and _reason(err) == "timed out"):
+        within = f" within {timeout:g} s" if timeout else ""
+        msg = (f"cannot reach Kaggle (no answer{within}): check the network and any proxy, allow more time with "
+               f"--timeout or {TIMEOUT_ENV}, or {offline_hint}")
+    elif isinstance(err, requests.ConnectionError):
         msg = f"cannot reach Kaggle ({_reason(err)}): check the network, or {offline_hint}"
     elif isinstance(err, ImportError):
         msg = f"the kaggle client cannot be imported ({err}); run `make setup`"
@@ -247,15 +260,61 @@ def _api(creds: Credentials):
     return api
 
 
-def _call(creds: Credentials, competition: str, fn, **translate_kw):
+def default_timeout() -> float:
+    """``$PIPELINES_KAGGLE_TIMEOUT`` seconds, else ``DEFAULT_TIMEOUT``; a value that is no positive number is
+    one error line (a typo must not silently mean "wait for ever")."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
     try:
-        with _quiet():
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise PipelineError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds above 0")
+    return value
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Every socket wait inside bounded by ``seconds``: connecting, and each wait for an answer.
+
+    The kaggle client passes no timeout to ``requests`` (an explicit ``None``, which also overrides
+    ``socket.setdefaulttimeout``), and its uploads open sessions of their own, so the one place that sees
+    every call is ``HTTPAdapter.send``: a missing timeout becomes ``seconds``, a longer one is cut to it.
+    The socket default covers anything that does not go through ``requests``.
+    """
+    from requests.adapters import HTTPAdapter
+
+    send = HTTPAdapter.send
+
+    def bounded(adapter, request, stream=False, timeout=None, *args, **kwargs):
+        if timeout is None or isinstance(timeout, int | float):
+            timeout = seconds if timeout is None else min(timeout, seconds)
+        return send(adapter, request, stream, timeout, *args, **kwargs)
+
+    previous = socket.getdefaulttimeout()
+    HTTPAdapter.send = bounded
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        HTTPAdapter.send = send
+        socket.setdefaulttimeout(previous)
+
+
+def _call(creds: Credentials, competition: str, fn, timeout: float | None = None, **translate_kw):
+    """``fn(api)`` under a time limit (``timeout``, else ``default_timeout()``), any failure as one line."""
+    seconds = timeout or default_timeout()
+    try:
+        with _quiet(), _time_limit(seconds):
             return fn(_api(creds))
     except (Exception, SystemExit) as err:  # noqa: BLE001 - anything the client raises becomes one line
-        raise translate(err, competition, creds, **translate_kw) from None
+        raise translate(err, competition, creds, timeout=seconds, **translate_kw) from None
 
 
-def submit(file: str | Path, message: str, competition: str, creds: Credentials) -> dict:
+def submit(file: str | Path, message: str, competition: str, creds: Credentials,
+           timeout: float | None = None) -> dict:
     """``kaggle competitions submit -c competition -f file -m message`` through the Python API."""
 
     def send(api):
@@ -265,10 +324,10 @@ def submit(file: str | Path, message: str, competition: str, creds: Credentials)
             raise RuntimeError(text)
         return {"ref": getattr(response, "ref", None) or None, "message": text}
 
-    return _call(creds, competition, send)
+    return _call(creds, competition, send, timeout)
 
 
-def submissions(competition: str, creds: Credentials) -> list[dict]:
+def submissions(competition: str, creds: Credentials, timeout: float | None = None) -> list[dict]:
     """Your recent submissions to ``competition``, newest first, as plain dicts (public score as a float)."""
 
     def fetch(api):
@@ -286,7 +345,7 @@ def submissions(competition: str, creds: Credentials) -> list[dict]:
                          "date": str(getattr(s, "date", "")), "public_score": score})
         return rows
 
-    return _call(creds, competition, fetch)
+    return _call(creds, competition, fetch, timeout)
 
 
 def download(competition: str, dest: Path, creds: Credentials) -> Path:

@@ -118,8 +118,8 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord:
-        """A record read from disk, of any version (upgraded first)."""
-        data = upgrade(data)
+        """A record read from disk, of any version (upgraded first, then checked: ``check``)."""
+        data = check(upgrade(data))
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in data.items() if k in names},
                    extra={k: v for k, v in data.items() if k not in names})
@@ -138,6 +138,8 @@ def upgrade(data: dict) -> dict:
     named no metric (their CV is an accuracy, ``V1_METRICS``).
     """
     version = data.get("version", 1)
+    if not _is(version, (int,)):
+        raise ValueError(f"version is {_kind(version)}, not a number")
     if version > RECORD_VERSION:
         raise ValueError(f"run record version {version} is newer than this code ({RECORD_VERSION})")
     if version == RECORD_VERSION:
@@ -160,3 +162,66 @@ def upgrade(data: dict) -> dict:
     out.setdefault("preset", "")
     out["version"] = RECORD_VERSION
     return out
+
+
+# --------------------------------------------------------------------------------------- record check
+_NUMBER = (int, float)
+_TYPES: dict[str, tuple] = {  # the typed fields as JSON holds them; None in a tuple: null allowed
+    "competition": (str,), "preset": (str,), "metric": (str,), "cv_mean": _NUMBER, "cv_std": (*_NUMBER, None),
+    "fold_scores": (list,), "folds": (dict,), "seed": (int, None), "config": (dict,), "data_dir": (str, None),
+    "kaggle_competition": (str, None), "timings": (dict,), "created_utc": (str,), "git": (dict,),
+    "packages": (dict,), "files": (dict,), "submissions": (list,), "version": (int,),
+}
+_REQUIRED = ("competition", "preset", "cv_mean", "metric")  # the fields without a default
+
+
+def _kind(value) -> str:
+    """How a bad value is named in a message: ``text 'abc'``, ``null``, ``a list``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"text {value[:40]!r}"
+    return {bool: "a boolean", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _is(value, types: tuple) -> bool:
+    return (value is None and None in types) or (
+        not isinstance(value, bool) and isinstance(value, tuple(t for t in types if t is not None)))
+
+
+def is_file_name(name) -> bool:
+    """A plain file name beside the record: a record naming ``../x`` or ``/etc/passwd`` points outside its run."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+
+
+def check(data: dict) -> dict:
+    """``data`` unchanged if every typed field has its type, else one ``ValueError`` naming the first bad one.
+
+    A record is a file anyone may edit or truncate; every reader (``runs``, ``blend``, ``submit``) relies on
+    these types, so a bad one is refused here, in one line naming the field, not as a traceback far away."""
+    for name in _REQUIRED:
+        if name not in data:
+            raise ValueError(f"{name} is missing")
+    for name, types in _TYPES.items():
+        if name in data and not _is(data[name], types):
+            want = {int: "a number", float: "a number", str: "text", list: "a list", dict: "an object"}[types[0]]
+            raise ValueError(f"{name} is {_kind(data[name])}, not {want}")
+    for i, score in enumerate(data.get("fold_scores", [])):
+        if not _is(score, _NUMBER):
+            raise ValueError(f"fold_scores[{i}] is {_kind(score)}, not a number")
+    if not _is(data.get("folds", {}).get("ids"), (list, None)):
+        raise ValueError(f"folds.ids is {_kind(data['folds']['ids'])}, not a list")
+    if not _is(data.get("timings", {}).get("total_s", 0), _NUMBER):
+        raise ValueError(f"timings.total_s is {_kind(data['timings']['total_s'])}, not a number")
+    if not all(isinstance(s, dict) for s in data.get("submissions", [])):
+        raise ValueError("submissions holds an entry that is not an object")
+    files = data.get("files", {})
+    tables = files.get("tables") or {}
+    if not isinstance(tables, dict):
+        raise ValueError(f"files.tables is {_kind(tables)}, not an object")
+    names = {"submission": files.get("submission"), **({"oof": files["oof"]} if files.get("oof") else {}),
+             **{f"tables.{k}": v for k, v in tables.items()}}
+    for key, name in names.items():
+        if not is_file_name(name):
+            raise ValueError(f"files.{key} is {_kind(name)}, not a file name beside the record")
+    return data

@@ -5,9 +5,18 @@ import random
 
 import numpy as np
 
+SEED_SPACE = 2**32  # numpy's and scikit-learn's seeds are below it; ``--seed`` is checked against it
+
+
+def seed32(value: int) -> int:
+    """A seed derived from ``--seed`` (``seed * 1000 + fold``, ``seed + repeat``) folded into numpy's range:
+    the same value whenever it already fits, so runs with ordinary seeds are unchanged."""
+    return int(value) % SEED_SPACE
+
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch; with ``deterministic`` also ask torch for deterministic kernels."""
+    seed = seed32(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)

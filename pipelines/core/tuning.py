@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -150,12 +152,15 @@ def parse_overrides(items: list[str] | None, cls) -> dict:
                 value = int(raw)
             elif isinstance(current, float):
                 value = float(raw)
+                if not math.isfinite(value):  # nan or inf would only fail deep inside the first trial
+                    raise ValueError(raw)
             elif current is None and raw.lstrip("-").isdigit():
                 value = int(raw)
             else:
                 value = None if raw.lower() == "none" else raw
         except ValueError:
-            raise PipelineError(f"--set {item!r}: {raw!r} is not a valid {type(current).__name__}") from None
+            kind = "finite number" if isinstance(current, float) else type(current).__name__
+            raise PipelineError(f"--set {item!r}: {raw!r} is not a valid {kind}") from None
         out[key] = value
     return out
 
@@ -217,6 +222,27 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
             time.sleep(poll)
             continue
         study.optimize(guarded, n_trials=1, catch=(SurplusTrial,), callbacks=callbacks, gc_after_trial=True)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int | None = None) -> bool:
+    """Have Linux send this process SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``): a worker of
+    ``tune --workers K`` then stops with its session even after a ``kill -9`` of it, instead of running the
+    study on as an orphan (under the CLI SIGTERM is a clean Ctrl-C: its running trial is failed). ``parent``:
+    the pid that started this process; if it is already gone (it died before this call), stop now. Returns
+    whether the request was made: elsewhere it does nothing, and the parent still stops its workers on
+    Ctrl-C, SIGTERM and errors (``tune.stop_workers``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return False
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 # ------------------------------------------------------------------------------------------ reporting

@@ -11,15 +11,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from timm.data import create_transform, resolve_model_data_config
 
-import models
-from models.pretrained import (
-    PACKAGED,
-    convert_in_order,
-    create_backbone,
-    input_stats,
-    pretrained_state_dict,
-    weights_record,
-)
+from models import create_model, get_classifier, input_stats, weights_record, zero_head
+from models.pretrained import PACKAGED, convert_in_order, pretrained_state_dict
 from pipelines.core.errors import PipelineError
 
 DAISY, PALACE = 985, 698
@@ -38,7 +31,7 @@ def _own_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(PACKAGED))
 def test_converted_lite_still_classifies_imagenet(name, tmp_path):
     """Golden check of the in-order conversion: a wrong mapping gives noise, not these top classes."""
-    model = create_backbone(name, num_classes=1000).eval()
+    model = create_model(name, num_classes=1000, pretrained=True).eval()
     assert len(list((tmp_path / "cache" / "pretrained").glob(f"{name}-*.pth"))) == 1
     assert input_stats(model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     prep = create_transform(**resolve_model_data_config(model))  # the variant's own size and crop (240, 260 px)
@@ -55,7 +48,7 @@ def test_converted_lite_still_classifies_imagenet(name, tmp_path):
 
 
 def test_new_head_keeps_the_backbone_and_records_the_package():
-    model = create_backbone("tf_efficientnet_lite0", num_classes=7)
+    model = create_model("tf_efficientnet_lite0", num_classes=7, pretrained=True)
     assert model.classifier.out_features == 7
     ref = pretrained_state_dict("tf_efficientnet_lite0")
     assert torch.equal(model.state_dict()["blocks.6.0.conv_pwl.weight"], ref["blocks.6.0.conv_pwl.weight"])
@@ -82,9 +75,9 @@ def _fake_hub_cache(root, hub_id: str, state: dict) -> str:
 
 
 def test_timm_names_load_from_the_hf_cache_offline(tmp_path):
-    src = models.create_model("test_efficientnet")  # 1000 classes, like the hub's copy
+    src = create_model("test_efficientnet")  # 1000 classes, like the hub's copy
     sha = _fake_hub_cache(tmp_path / "hf", "timm/test_efficientnet.r160_in1k", src.state_dict())
-    model = create_backbone("test_efficientnet", num_classes=3)
+    model = create_model("test_efficientnet", num_classes=3, pretrained=True)
     assert torch.equal(model.state_dict()["conv_stem.weight"], src.state_dict()["conv_stem.weight"])
     assert model.get_classifier().out_features == 3
     record = weights_record("test_efficientnet")
@@ -94,41 +87,41 @@ def test_timm_names_load_from_the_hf_cache_offline(tmp_path):
 
 def test_offline_without_a_cached_copy_is_one_line_naming_both_ways_out():
     with pytest.raises(PipelineError) as info:
-        create_backbone("resnet18", num_classes=3)
+        create_model("resnet18", num_classes=3, pretrained=True)
     message = str(info.value)
     assert "\n" not in message and "timm/resnet18" in message and "HF_HUB_OFFLINE" in message
     assert "--pretrained-file" in message and "--no-pretrained" in message
     with pytest.raises(PipelineError, match="--no-pretrained"):  # our own models have no published weights
-        create_backbone("lenet", num_classes=3)
-    assert create_backbone("resnet18", num_classes=3, pretrained=False).fc.out_features == 3
+        create_model("lenet", num_classes=3, pretrained=True)
+    assert create_model("resnet18", num_classes=3).fc.out_features == 3
 
 
 def test_pretrained_file_loads_local_weights_and_resets_only_the_head(tmp_path):
-    src = create_backbone("test_efficientnet", num_classes=5, pretrained=False)
+    src = create_model("test_efficientnet", num_classes=5)
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "w.pth")
-    model = create_backbone("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "w.pth")
+    model = create_model("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "w.pth")
     assert torch.equal(model.state_dict()["conv_stem.weight"], src.state_dict()["conv_stem.weight"])
     record = weights_record("test_efficientnet", pretrained_file=tmp_path / "w.pth")
     assert record["kind"] == "file"
     assert record["sha256"] == hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
     with pytest.raises(PipelineError, match="not found"):
-        create_backbone("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "missing.pth")
+        create_model("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "missing.pth")
 
 
 def test_a_file_that_does_not_fit_is_an_error_listing_what_did_not_fit(tmp_path):
-    state = create_backbone("test_efficientnet", num_classes=5, pretrained=False).state_dict()
+    state = create_model("test_efficientnet", num_classes=5).state_dict()
     del state["bn1.weight"]
     state["extra.weight"] = torch.zeros(2)
     state["conv_stem.weight"] = state["conv_stem.weight"][:, :1]
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(PipelineError) as info:
-        create_backbone("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "bad.pth")
+        create_model("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "bad.pth")
     message = str(info.value)
     assert "missing bn1.weight" in message and "unexpected extra.weight" in message
     assert "wrong shape conv_stem.weight" in message and "classifier" not in message.split("(only")[0]
-    torch.save(create_backbone("resnet10t", num_classes=5, pretrained=False).state_dict(), tmp_path / "r.pth")
+    torch.save(create_model("resnet10t", num_classes=5).state_dict(), tmp_path / "r.pth")
     with pytest.raises(PipelineError, match=r"missing .*\(\+\d+ more\)"):  # another architecture
-        create_backbone("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "r.pth")
+        create_model("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "r.pth")
 
 
 def test_conversion_refuses_mismatches():
@@ -138,3 +131,21 @@ def test_conversion_refuses_mismatches():
         convert_in_order({"x": torch.ones(3, 2), "y": torch.ones(4)}, target)
     with pytest.raises(PipelineError, match="tensors"):
         convert_in_order({"x": torch.ones(2, 3)}, target)
+
+
+def test_zero_head_starts_the_classifier_at_zero_and_leaves_headless_models_alone():
+    model = create_model("test_efficientnet", num_classes=3, zero_head=True)
+    assert get_classifier(model) is model.classifier
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
+    assert model.conv_stem.weight.any()
+    lenet = create_model("lenet", num_classes=3)
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    zero_head(lenet)  # our d2l classics have no get_classifier(): nothing is touched
+    assert get_classifier(lenet) is None
+    assert all(torch.equal(before[k], v) for k, v in lenet.state_dict().items())
+
+
+def test_an_unreadable_file_keeps_the_readers_message(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PipelineError, match=r"cannot read weights from .*junk\.pth: \w+: \S"):
+        create_model("test_efficientnet", num_classes=3, pretrained_file=tmp_path / "junk.pth")

@@ -186,3 +186,40 @@ def test_a_blend_rescores_a_house_run_as_its_stack_scored_it_extrapolation_guard
     combine = lambda p, w: COMPETITION.blend.combine(p, w, names)  # noqa: E731
     assert nested_cross_fitted_scores([columns], y, folds, mask, "fit", stack_loss, [combine]) == pytest.approx(own)
     assert nested_cross_fitted_scores([columns], y, folds, mask, "fit", stack_loss) != pytest.approx(own)
+
+
+def _copy(files, folder: Path) -> Path:
+    """A copy of a run's record, submission and OOF file in ``folder``; returns the record."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in (files.record, files.submission, files.oof):
+        shutil.copy(f, folder / f.name)
+    return folder / files.record.name
+
+
+def test_blend_names_every_bad_run_it_was_given_in_one_error(two_runs, tmp_path, capsys):
+    """A run named on the command line that cannot be blended (a record whose cv_mean is text, an OOF file that
+    is no CSV of the expected columns) is one error line naming each such file, exit 2: a blend of the others
+    would not be the blend asked for."""
+    out, files = two_runs
+    text_cv = _copy(files[1], tmp_path / "a" / "house-prices")
+    text_cv.write_text(text_cv.read_text().replace('"cv_mean": ', '"cv_mean": "n/a", "was": ', 1))
+    assert main(["blend", str(files[0].record), str(text_cv), "--out-dir", str(tmp_path / "subs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{text_cv}: bad run record: cv_mean is text 'n/a'" in err
+    wrong_columns = _copy(files[1], tmp_path / "b" / "house-prices")
+    not_csv = _copy(files[0], tmp_path / "c" / "house-prices")
+    oof = wrong_columns.with_name(files[1].oof.name)
+    pd.read_csv(oof).drop(columns=["fold"]).to_csv(oof, index=False)
+    not_csv.with_name(files[0].oof.name).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    assert main(["blend", str(not_csv), str(wrong_columns), "--out-dir", str(tmp_path / "subs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot blend 2 of the runs:")
+    assert f"{oof}: missing column(s) 'fold'" in err and f"{not_csv.with_name(files[0].oof.name)}:" in err
+    text_prediction = _copy(files[1], tmp_path / "d" / "house-prices")
+    oof = text_prediction.with_name(files[1].oof.name)
+    pd.read_csv(oof).astype({"prediction": object}).assign(prediction=lambda f: f["prediction"].where(
+        f.index != 3, "oops")).to_csv(oof, index=False)
+    assert main(["blend", str(files[0].record), str(text_prediction), "--out-dir", str(tmp_path / "subs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "column 'prediction' has 'oops' on line 5" in err
+    assert not (tmp_path / "subs").exists()

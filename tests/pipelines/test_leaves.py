@@ -143,7 +143,9 @@ def test_image_size_is_raised_to_the_model_minimum_or_refused(tiny_leaves, tmp_p
 
 
 def test_one_fold_only(tiny_leaves, tmp_path, capsys):
-    assert run_leaves(tiny_leaves, tmp_path, "--fold", "1", "--tta", "4", "--ema-decay", "0") == 0
+    """One fold, at the largest seed the parser takes (the seeds derived from it stay in numpy's range)."""
+    assert run_leaves(tiny_leaves, tmp_path, "--fold", "1", "--tta", "4", "--ema-decay", "0",
+                      "--seed", str(2**32 - 1)) == 0
     out = capsys.readouterr().out
     assert "fold accuracies: 1: " in out and "fold 0 epoch" not in out
 
@@ -169,14 +171,42 @@ def _duplicate_test_image(d: Path):
     pd.concat([test, test.iloc[:1]]).to_csv(d / "test.csv", index=False)
 
 
+def _image_outside(d: Path):
+    """A train.csv row naming an image outside the data folder (the file exists there)."""
+    train = pd.read_csv(d / "train.csv")
+    shutil.copy(d / train["image"].iloc[0], d.parent / "outside.jpg")
+    train.loc[0, "image"] = "../outside.jpg"
+    train.to_csv(d / "train.csv", index=False)
+
+
+def _absolute_image(d: Path):
+    test = pd.read_csv(d / "test.csv")
+    test.loc[2, "image"] = str((d / test["image"].iloc[2]).resolve())
+    test.to_csv(d / "test.csv", index=False)
+
+
+def _decompression_bomb(d: Path):
+    """One image above PIL's decompression-bomb limit (lowered here so that a 200 px image is one)."""
+    from PIL import Image
+
+    Image.new("RGB", (200, 200)).save(d / pd.read_csv(d / "train.csv")["image"].iloc[5], format="PNG")
+    Image.MAX_IMAGE_PIXELS = 15_000  # restored by the test's monkeypatch
+
+
 @pytest.mark.parametrize(("breaker", "message"), [
+    (_image_outside, "train.csv row 2 image: '../outside.jpg' is not a path inside"),
+    (_absolute_image, "test.csv row 4 image: '/.*' is not a path inside"),
+    (_decompression_bomb, "cannot read image .*images/.*DecompressionBombError"),
     (_break_column, "train.csv: missing column.*'label'"),
     (_missing_image, "image not found: .*images/"),
     (_corrupt_image, "cannot read image .*images/.*jpg"),
     (_empty_csv, "test.csv: empty CSV"),
     (_duplicate_test_image, "test.csv: duplicate image"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(leaves_copy, tmp_path, capsys, breaker, message):
+def test_bad_input_is_one_line_and_writes_nothing(leaves_copy, tmp_path, capsys, monkeypatch, breaker, message):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     breaker(leaves_copy)
     assert run_leaves(leaves_copy, tmp_path) == 2
     err = capsys.readouterr().err.strip()
@@ -189,6 +219,33 @@ def test_missing_data_dir_and_bad_fold(tmp_path, tiny_leaves, capsys):
     assert main(["leaves", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert run_leaves(tiny_leaves, tmp_path, "--fold", "5") == 2
     assert "--fold 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [("--data-dir", ""), ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"),
+                                  ("--seed", "4294967296"), ("--crop-scale", "0"), ("--patience", "-1"),
+                                  ("--label-smoothing", "1.5")])
+def test_settings_out_of_range_are_one_line_before_any_work(tiny_leaves, tmp_path, capsys, flag):
+    """Every numeric flag is range-checked (nan and inf included) and an empty --data-dir is refused, never
+    read as 'the default data': one line, exit 2, no run folder, no submission."""
+    args = ["leaves", "--out-dir", str(tmp_path / "subs"), "--runs-dir", str(tmp_path / "runs"), *TINY, *flag]
+    if flag[0] != "--data-dir":
+        args[1:1] = ["--data-dir", str(tiny_leaves)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and flag[0] in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "subs").exists()
+
+
+def test_resume_honours_out_dir_and_refuses_a_changed_setting(tiny_leaves, tmp_path, capsys):
+    """``--resume RUN --out-dir NEW`` publishes into NEW; ``--resume RUN --epochs 8`` cannot keep its word (the
+    saved run's schedule is fixed) and says so instead of silently training the saved epochs."""
+    assert run_leaves(tiny_leaves, tmp_path) == 0
+    run_dir = next((tmp_path / "runs" / "leaves").glob("*seed0"))
+    capsys.readouterr()
+    assert main(["leaves", "--resume", str(run_dir), "--epochs", "8"]) == 2
+    assert "--epochs 8 differs from its 2" in capsys.readouterr().err
+    assert main(["leaves", "--resume", str(run_dir), "--out-dir", str(tmp_path / "new"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "new" / "classify-leaves").glob("*.csv"))) >= 1
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
@@ -237,6 +294,7 @@ def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path
     assert secret not in captured.out + captured.err
     assert not (tmp_path / "subs").exists() and not (tmp_path / "runs").exists()
     assert no_network, "the kaggle client never reached the (blocked) network"
+    assert not (tmp_path / "classify-leaves").exists(), "a failed download left a folder behind"
 
 
 def test_gpu_image_size_is_the_backbones_pretrained_size():

@@ -3,6 +3,7 @@ before any work, bad input is named, a tuning study survives typos and Ctrl-C, n
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -264,7 +265,7 @@ def test_after_ctrl_c_in_trial_0_resume_reruns_the_presets_defaults(tmp_path, mo
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["tune", "house-prices", "--folds", "0"], "--folds must be at least 2"),
+    (["tune", "house-prices", "--folds", "0"], "--folds: must be at least 2, got 0"),
     (["tune", "leaves", "--epochs", "0"], "--epochs must be at least 1"),
     (["tune", "leaves", "--set", "img_size=0"], "--img-size must be at least 16"),
 ])
@@ -272,3 +273,52 @@ def test_tune_refuses_zero_settings_before_a_study_exists(argv, message, tmp_pat
     assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--no-plots"]) == 2
     assert message in one_line(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------- numeric flags, in the parser
+def cli_error(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit status and the one ``error:`` line of a refused command line: argparse's (its usage block, then
+    one line, ``SystemExit``) or the CLI's own (a ``PipelineError``)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+    return code, errors[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["house-prices", "--seed", "-1"], ["argument --seed: must be an integer in 0..4294967295, got -1"]),
+    (["house-prices", "--seed", "4294967296"], ["--seed: must be an integer in 0..4294967295, got 4294967296"]),
+    (["leaves", "--seed", "4294967296"], ["--seed: must be an integer in 0..4294967295, got 4294967296"]),
+    (["leaves", "--lr", "nan"], ["--lr", "nan"]),  # whatever its parser's type: at worst the CLI's backstop
+    (["leaves", "--mixup", "inf"], ["--mixup", "inf"]),
+    (["tune", "--timeout", "nan", "house-prices"], ["argument --timeout: must be a finite number, got 'nan'"]),
+    (["tune", "--workers", "0", "house-prices"], ["argument --workers: must be at least 1, got 0"]),
+    (["tune", "house-prices", "--seed", "-1"], ["tune house-prices: argument --seed: must be an integer in"]),
+    (["tune", "house-prices", "--trials", "1.5"], ["argument --trials: expected an integer, got '1.5'"]),
+    (["tune", "house-prices", "--timeout", "-3"], ["argument --timeout: must be above 0, got -3"]),
+    (["tune", "leaves", "--set", "lr=nan"], ["--set 'lr=nan': 'nan' is not a valid finite number"]),
+])
+def test_a_numeric_flag_out_of_its_range_is_one_line_before_any_work_or_folder(argv, words, tmp_path, monkeypatch,
+                                                                               capsys):
+    import pipelines.competitions.leaves.pipeline
+
+    monkeypatch.setattr(pipelines.competitions.leaves.pipeline, "load_data", work_must_not_start)
+    folders = ["--out-dir", str(tmp_path / "subs")]
+    if argv[0] != "house-prices":  # the only command here without a --runs-dir
+        folders += ["--runs-dir", str(tmp_path / "runs")]
+    code, error = cli_error([*argv, *folders], capsys)
+    assert code == 2 and all(w in error for w in words), error
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "subs").exists()
+
+
+def test_the_cli_refuses_nan_or_inf_in_any_float_flag_whatever_its_type():
+    from pipelines.__main__ import check_finite_flags
+    from pipelines.core.errors import PipelineError
+
+    check_finite_flags(argparse.Namespace(lr=0.1, epochs=3, name="nan"))
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(PipelineError, match=f"--weight-decay {value}: expected a finite number"):
+            check_finite_flags(argparse.Namespace(lr=0.1, weight_decay=float(value)))

@@ -5,9 +5,14 @@ nothing): the client tests check that every way of failing is one line of ours, 
 that no secret reaches the output or the run record.
 """
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +257,98 @@ def test_record_only_gains_a_submissions_list(tmp_path):
     assert {k: after[k] for k in before} == before
     assert [s["kaggle_ref"] for s in after["submissions"]] == [7, 8]
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------------ time limits
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (a dead proxy, a black-holed
+    network); yields its port and the connections it accepted."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    accepted, stop = [], threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("how", ["submit", "score-only"])
+def test_a_network_that_never_answers_ends_in_one_line_within_the_timeout(tmp_path, no_credentials, monkeypatch,
+                                                                           capsys, silent_server, how):
+    """Every proxy variable points at the silent server, and name resolution of anything else fails, so the
+    client can only wait on that server: the call gives up after the time limit (``--timeout``, or
+    ``$PIPELINES_KAGGLE_TIMEOUT``) in one line, and nothing is recorded."""
+    port, accepted = silent_server
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    resolve = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            raise socket.gaierror(socket.EAI_NONAME, "the test reaches its own server only")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    path = house_run(tmp_path, _valid())
+    record = path.with_suffix(".json")
+    if how == "submit":
+        argv = ["submit", str(path), "-m", "x", "--timeout", "0.5"]
+    else:
+        append_submission(record, {"time_utc": "2026-01-01T00:00:00+00:00", "message": "m", "kaggle_ref": 7})
+        monkeypatch.setenv("PIPELINES_KAGGLE_TIMEOUT", "0.5")
+        argv = ["submit", str(path), "--score-only"]
+    before, start = record.read_text(), time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach Kaggle (no answer within 0.5 s)") and err.count("\n") == 1, err
+    assert KEY not in err and accepted  # the client did get as far as the server that never answered
+    assert record.read_text() == before
+
+
+def test_a_bad_timeout_is_refused_before_any_network_call(tmp_path, no_credentials, monkeypatch, capsys):
+    path = house_run(tmp_path, _valid())
+    assert main(["submit", str(path), "--timeout", "nan"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--timeout" in err[0]
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
+    monkeypatch.setenv("PIPELINES_KAGGLE_TIMEOUT", "forever")
+    assert main(["submit", str(path), "-m", "x"]) == 2
+    assert capsys.readouterr().err == \
+        "error: PIPELINES_KAGGLE_TIMEOUT='forever': expected a number of seconds above 0\n"
+
+
+# ------------------------------------------------------------------------------------------ Makefile
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_passes_values_through_the_environment_never_the_shell(tmp_path):
+    """``make submit FILE=... MESSAGE=...``: no value is pasted into a recipe's text (a path with a space stays
+    one argument, a backquote or $(shell ...) in a message is not run); the values arrive as typed."""
+    marker = tmp_path / "pwned"
+    values = {"FILE": str(tmp_path / "a b" / "x.csv"), "MESSAGE": f"lasso `touch {marker}` $(shell touch {marker})",
+              "ARGS": "--dry-run 'two words'", "RUNS": f"$$(touch {marker})", "TRIALS": f"1; touch {marker}"}
+    assign = [f"{k}={v}" for k, v in values.items()]
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "submit", "blend", "tune", *assign], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0, dry.stderr
+    assert not any(v in dry.stdout for v in values.values()) and '"$FILE"' in dry.stdout
+    show = "show: ; @printf '[%s]\\n' " + " ".join(f'"$${k}"' for k in values)
+    shown = subprocess.run(["make", "-s", "--eval", show, "show", *assign], cwd=REPO, capture_output=True, text=True,
+                           timeout=30)
+    assert shown.stdout.splitlines() == [f"[{v}]" for v in values.values()], shown.stderr
+    assert not marker.exists()

@@ -21,6 +21,7 @@ from sklearn.svm import SVR
 
 from features.house import make_preprocessor
 from pipelines.core.errors import PipelineError
+from pipelines.core.seed import seed32
 
 __all__ = ["BOUNDED_MODELS", "DEFAULT_MODELS", "FAST_MODELS", "STRONG_MODELS", "SEARCH_SPACES", "HuberLasso",
            "make_model", "make_preprocessor", "model_names"]
@@ -188,7 +189,7 @@ def make_model(name: str, seed: int = 0, **params) -> RegressorMixin:
     seeds = int(params.pop("seeds", 1))
     if seeds == 1:
         return factory(seed, **params)
-    return SeedBag([factory(seed + i, **params) for i in range(seeds)])
+    return SeedBag([factory(seed32(seed + i), **params) for i in range(seeds)])
 
 
 class SeedBag(RegressorMixin):

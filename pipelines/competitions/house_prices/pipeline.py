@@ -27,20 +27,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.house import NUMERIC_COLUMNS, d2l_features
+from features.house import d2l_features, is_numeric_column, skipped_features
 from pipelines.competitions.house_prices import COMPETITION, stack_loss
 from pipelines.core import blending
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import check_numeric, check_unique, md5, read_csv
 from pipelines.core.records import RunRecord
-from pipelines.core.seed import set_seed
+from pipelines.core.seed import seed32, set_seed
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
 NAME, KAGGLE_SLUG, DEFAULT_DIR = COMPETITION.name, COMPETITION.kaggle_slug, COMPETITION.default_data  # registered once
 ID, TARGET = "Id", "SalePrice"
 SHIPPED_MD5 = {"train.csv": "80ccab65fb115cbad143dbbd2bcd5577", "test.csv": "dcec4b79bf9c7317bd9e17789bf888f0"}
 PRESETS = ("d2l", "strong")
+# the lowest SalePrice accepted: the metric clamps every prediction below 1 to 1 (a log of 0), so a lower price
+# can never be predicted and its log would pull every fit (0.001 is -6.9 in log price, the shipped houses
+# 10.5..13.5). The upper side is ``io.MAX_ABS`` (1e12), refused in every numeric column. The shipped prices
+# are 34,900..755,000; a file in thousands of dollars (34.9..755) still passes
+MIN_PRICE = 1.0
+# the columns the documented-outlier rule reads (``outlier_mask``); without them no row is marked
+OUTLIER_COLUMNS = ("GrLivArea",)
 # leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: the smooth
 # models only (None), chosen on the all-rows repeated CV (docs/house-prices.md)
 DROP_OUTLIERS_DEFAULT: dict[str, bool | None] = {"d2l": False, "strong": None}
@@ -74,32 +81,77 @@ FoldHook = Callable[[str, int, float], None]
 
 # ---------------------------------------------------------------------------------------------- data
 def load(data_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read train/test in the Kaggle layout and refuse bad input with a one-line error."""
-    folder = Path(data_dir) if data_dir else DEFAULT_DIR
+    """Read train/test in the Kaggle layout and refuse bad input with a one-line error, before any work.
+
+    Only ``Id`` and ``SalePrice`` are required (the features adapt to the other columns: ``skipped``); every
+    Id must be given and unique, the prices at least ``MIN_PRICE``, the numeric columns numbers in both files.
+    """
+    folder = COMPETITION.data_folder(data_dir)
     if not folder.is_dir():
         raise PipelineError(f"--data-dir {folder}: no such folder")
     if folder.resolve() == DEFAULT_DIR.resolve():
         for name, expected in SHIPPED_MD5.items():
             if (folder / name).is_file() and md5(folder / name) != expected:
                 raise PipelineError(f"{folder / name}: md5 differs from the shipped Kaggle file ({expected})")
-    train = read_csv(folder / "train.csv", required=[ID, TARGET])
-    test = read_csv(folder / "test.csv", required=[ID])
-    missing = [c for c in train.columns if c != TARGET and c not in test.columns]
-    if missing:
-        raise PipelineError(f"{folder / 'test.csv'}: missing column(s) {', '.join(map(repr, missing[:5]))}"
-                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    for frame, name in ((train, folder / "train.csv"), (test, folder / "test.csv")):
-        check_unique(frame, ID, str(name))
-        check_numeric(frame, [ID, *NUMERIC_COLUMNS, TARGET], str(name))
-    y = train[TARGET]
-    if y.isna().any() or not np.isfinite(y).all() or (y <= 0).any():
-        raise PipelineError(f"{folder / 'train.csv'}: {TARGET} must be a positive number on every row")
+    train_path, test_path = folder / "train.csv", folder / "test.csv"
+    train, test = read_csv(train_path), read_csv(test_path)
+    check_columns({train_path: ([ID, TARGET], train), test_path: ([ID, *train.columns.drop(TARGET, errors="ignore")],
+                                                                   test)})
+    if len(train.columns) == 2:
+        raise PipelineError(f"{train_path}: no column besides {ID} and {TARGET}: nothing to predict the price from")
+    numeric = [c for c in train.columns if c not in (ID, TARGET) and is_numeric_column(c, train[c])]
+    for frame, path in ((train, train_path), (test, test_path)):
+        check_numeric(frame, [ID, *numeric, TARGET], str(path))
+        check_ids(frame, path)
+    check_prices(train[TARGET], train_path)
     test = test[[c for c in train.columns if c != TARGET]]
     return train, test
 
 
+def check_columns(files: dict[Path, tuple[list[str], pd.DataFrame]]) -> None:
+    """One line naming every column missing from every file (``{path: (needed, frame)}``), or nothing."""
+    def names(cols: list[str]) -> str:
+        return ", ".join(map(repr, cols[:10])) + (f" and {len(cols) - 10} more" if len(cols) > 10 else "")
+
+    missing = {path: list(dict.fromkeys(c for c in need if c not in frame)) for path, (need, frame) in files.items()}
+    if any(missing.values()):
+        raise PipelineError("; ".join(f"{path}: missing column(s) {names(cols)}" for path, cols in missing.items()
+                                      if cols))
+
+
+def check_ids(frame: pd.DataFrame, path: Path) -> None:
+    """Every row has its own Id: a blank or repeated one would only be found when the submission is checked,
+    after the whole CV."""
+    blank = np.flatnonzero(frame[ID].isna().to_numpy())
+    if len(blank):
+        more = f", and {len(blank) - 1} more" if len(blank) > 1 else ""
+        raise PipelineError(f"{path}: blank {ID} on line {blank[0] + 2}{more}")
+    check_unique(frame, ID, str(path))
+
+
+def check_prices(price: pd.Series, path: Path) -> None:
+    """Refuse a price below ``MIN_PRICE`` (or missing): absurd on the low side, as ``io.MAX_ABS`` is on the high."""
+    values = price.to_numpy(dtype=float, na_value=np.nan)
+    bad = np.flatnonzero(~(values >= MIN_PRICE))  # NaN too
+    if len(bad):
+        more = f", and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise PipelineError(f"{path}: {TARGET} must be a positive price of at least {MIN_PRICE:g} on every row (the "
+                            f"metric clamps prices below 1): {values[bad[0]]:g} on line {bad[0] + 2}{more}")
+
+
+def skipped(cfg: HousePricesConfig, train: pd.DataFrame) -> dict[str, list[str]]:
+    """What the data's missing columns switch off: each engineered feature the strong preset skips, and the
+    documented-outlier rule; name -> the columns it lacks (empty on the shipped data)."""
+    out = skipped_features(train.columns) if cfg.preset == "strong" else {}
+    lacking = [c for c in OUTLIER_COLUMNS if c not in train]
+    return {**out, "documented outliers": lacking} if lacking else out
+
+
 def outlier_mask(train: pd.DataFrame) -> np.ndarray:
-    """The two documented outliers: partial sales of huge houses (GrLivArea > 4000, price < 300k)."""
+    """The two documented outliers: partial sales of huge houses (GrLivArea > 4000, price < 300k); no row when
+    the data has no GrLivArea (``skipped`` says so)."""
+    if any(c not in train for c in OUTLIER_COLUMNS):
+        return np.zeros(len(train), bool)
     return ((train["GrLivArea"] > 4000) & (train[TARGET] < 300_000)).to_numpy()
 
 
@@ -164,10 +216,10 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
         return trainer.predict(DataLoader(features, batch_size=1024)).numpy().ravel()
 
     def fit_predict(tr, va, r, k):
-        trainer = fit(tr, cfg.seed * 1000 + 100 * r + k)
+        trainer = fit(tr, seed32(cfg.seed * 1000 + 100 * r + k))
         return predict(trainer, X[va]), (predict(trainer, X_test) if cfg.test_pred == "average" else None)
 
-    refit = (lambda idx: predict(fit(idx, cfg.seed * 1000 + 999), X_test)) if cfg.test_pred == "refit" else None
+    refit = (lambda idx: predict(fit(idx, seed32(cfg.seed * 1000 + 999)), X_test)) if cfg.test_pred == "refit" else None
     results = cv_repeats(fit_predict, folds, train[TARGET].to_numpy(), log_rmse, fit_mask=fit_mask, refit=refit,
                          progress=cfg.progress, desc="d2l linear")
     return {"linear": results}
@@ -188,7 +240,8 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     names = model_names(cfg.models or (list(FAST_MODELS) if cfg.fast else None))
     dropping = fitted_without_outliers(cfg, names)
     X, X_test = train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])
-    y = np.log1p(train[TARGET].to_numpy())
+    price = train[TARGET].to_numpy()
+    y = np.log1p(price)  # what the models fit; every score is the metric's, on log price (``log1p_score``)
     cache: dict = {} if feature_cache is None else feature_cache
 
     def features(key, fit_idx: np.ndarray, *predict_frames: pd.DataFrame):
@@ -212,11 +265,18 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
             return make_model(name, cfg.seed, **params).fit(Xtr, y[idx]).predict(Xte)
 
         results[name] = cv_repeats(
-            fit_predict, folds, y, blending.rmse, fit_mask=~outliers if name in dropping else None,
+            fit_predict, folds, price, log1p_score, fit_mask=~outliers if name in dropping else None,
             refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
             on_fold_end=None if on_fold_end is None else (lambda step, mean, name=name: on_fold_end(name, step, mean)),
         )
     return results
+
+
+def log1p_score(price: np.ndarray, log1p_pred: np.ndarray) -> float:
+    """A strong model's fold score: the metric (``log_rmse``) of its ``log1p`` prediction, so that each model's
+    CV and the stack's headline (``fit_stack``, on log price) are one scale. RMSE in log1p space instead would
+    differ from it wherever prices are small (a price of 1 is 0.69 there, 0 in log price)."""
+    return log_rmse(price, np.expm1(log1p_pred))
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -247,10 +307,11 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     train, test = load(cfg.data_dir)
     folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
     outliers = outlier_mask(train)
+    skips = skipped(cfg, train)
     cv = cv_models(cfg, train, test, folds, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
     stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds, bounded=bounded_models(cv.names),
                       log_test=cv.log_test)
-    summary = summarise(cfg, train, test, cv, stack, folds, outliers, start)
+    summary = {**summarise(cfg, train, test, cv, stack, folds, outliers, start), "skipped": skips}
     if not write:
         return summary
     return {**summary, "files": write_house_run(cfg, train, test, cv, stack, summary, folds, outliers)}
@@ -359,6 +420,7 @@ def house_record(cfg: HousePricesConfig, train: pd.DataFrame, stack: dict, summa
                      "fitted_without": summary["fitted_without_outliers"], "oof_log_error": summary["outlier_errors"]},
         "blend_weights": summary["weights"],
         "guard": summary["guarded"],
+        "skipped_for_missing_columns": summary["skipped"],
         "models": summary["models"],
         **cfg.extra_record,
     }
@@ -516,7 +578,10 @@ def run(args: argparse.Namespace) -> int:
     for name, info in out["models"].items():
         print(f"{name:>10}: CV {info['cv_mean']:.5f} ± {info['cv_std']:.5f}  (outliers unscored "
               f"{info['cv_excluding_outliers']:.5f})  weight {info['weight']:.3f}  {info['fit_seconds']:.2f}s/fit")
-    errors = ", ".join(f"Id {i} {e:+.2f}" for i, e in out["outlier_errors"].items())
+    if out["skipped"]:
+        print("skipped, the data lacking their columns: " + ", ".join(
+            f"{name} (no {' '.join(cols)})" for name, cols in out["skipped"].items()))
+    errors = ", ".join(f"Id {i} {e:+.2f}" for i, e in out["outlier_errors"].items()) or "none marked"
     without = ", ".join(out["fitted_without_outliers"]) or "none"
     print(f"outliers ({out['outlier_policy']}; fitted without them: {without}): OOF log errors {errors}; "
           f"CV with them unscored {out['cv_excluding_outliers']:.5f} (comparison only)")

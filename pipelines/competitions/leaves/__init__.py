@@ -8,7 +8,6 @@ only registers the competition, and imports nothing heavy.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipelines.core.competition import BlendSpec, Competition
 from pipelines.core.records import REPO_ROOT
@@ -17,7 +16,7 @@ from pipelines.core.records import REPO_ROOT
 def _spec(data_dir: str | None):
     from pipelines.competitions.leaves.pipeline import read_table, submission_spec  # the pipeline's own checks
 
-    folder = Path(data_dir) if data_dir else COMPETITION.default_data
+    folder = COMPETITION.data_folder(data_dir)
     train, test = read_table(folder / "train.csv", ["image", "label"]), read_table(folder / "test.csv", ["image"])
     return submission_spec(test, train["label"].dropna())
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,9 +51,9 @@ COMPETITION, DEFAULT_DATA = LEAVES.name, LEAVES.default_data  # registered once,
 # 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 112 px
 # (the 2-core CPU budget)
 CPU_SIZES = (96, 112)
-# default schedule (``--epochs auto``): about STEPS optimizer steps per fold, within EPOCH_RANGE passes over
-# each training image (docs/leaves.md: chosen on ELPV and the synthetic set)
-STEPS, EPOCH_RANGE = 400, (3, 10)
+# default schedule (``--epochs auto``): about ``--steps`` optimizer steps per fold, within EPOCH_RANGE passes
+# over each training image (docs/leaves.md: chosen on ELPV and the synthetic set)
+EPOCH_RANGE = (3, 10)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class LeavesConfig:
     pretrained_file: str | None = None
     img_size: int | None = None  # None: 224 on CUDA; on CPU the images' median side within CPU_SIZES
     epochs: int | None = None  # None: from the data size (auto_epochs), resolved and saved before training
+    steps: int = 300  # the automatic schedule's optimizer steps per fold (ignored when epochs is given)
     batch_size: int = 32
     lr: float = 1e-3
     head_lr_mult: float = 1.0  # classifier LR / body LR (x10 measured no better once the head starts at zero)
@@ -71,8 +74,8 @@ class LeavesConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
-    mixup: float = 0.2  # mixup alpha (0 disables)
-    cutmix: float = 1.0  # cutmix alpha (0 disables)
+    mixup: float = 0.2  # mixup alpha of a mixed batch; no batch is mixed unless --mix-prob > 0 (default 0: off)
+    cutmix: float = 1.0  # cutmix alpha of a mixed batch (likewise only with --mix-prob > 0)
     # augmentation for ~10 epochs over a few thousand images: light (crops, flips). The strong policy
     # (--auto-augment trivial --mix-prob 0.2 --rotation 30 --jitter 0.3 --crop-scale 0.5) scored 2 points
     # lower on real ELPV cells at this budget; it pays off only over much longer schedules
@@ -115,8 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--img-size", type=int, help="training resolution (default: 224 on CUDA, the images' median side within "
                                    f"{CPU_SIZES[0]}..{CPU_SIZES[1]} on CPU; never below the model's minimum)")
     a("--epochs", type=_auto_int, default=d.epochs, help="passes over each training image (default auto: "
-      f"about {STEPS} optimizer steps per fold, {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs)")
-    for name in ("batch_size", "patience", "folds", "tta", "workers", "freeze"):
+      f"about --steps optimizer steps per fold, {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs)")
+    for name in ("steps", "batch_size", "patience", "folds", "tta", "workers", "freeze"):
         a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     a("--hflip", default=d.hflip, help="horizontal flip probability (default auto: decided from the training rows)")
     a("--vflip", default=d.vflip, help="vertical flip probability (default auto: decided from the training rows)")
@@ -150,15 +153,29 @@ def config_from_args(args: argparse.Namespace) -> LeavesConfig:
     return LeavesConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+# the float flags' accepted ranges (checked before any work: ``nan``, ``inf`` and nonsense are one error line)
+FLOAT_RANGES = {"lr": (1e-12, 10), "head_lr_mult": (0, 1e4), "weight_decay": (0, 10), "warmup_epochs": (0, 1e4),
+                "grad_clip": (0, 1e6), "label_smoothing": (0, 0.99), "mixup": (0, 100), "cutmix": (0, 100),
+                "mix_prob": (0, 1), "crop_scale": (0.01, 1), "rotation": (0, 180), "jitter": (0, 1),
+                "ema_decay": (0, 0.99999)}
+
+
 def check_config(cfg: LeavesConfig) -> None:
     """Refuse settings that cannot train, and output folders that cannot be written, before any work and
     before a run folder exists."""
     from pipelines.competitions.leaves.views import flag_overrides
     from submissions.writer import check_writable_dir
 
-    for name, low in (("epochs", 1), ("batch_size", 1), ("folds", 2), ("tta", 1)):
+    for name, low in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("folds", 2), ("tta", 1),
+                      ("patience", 0), ("workers", -1), ("freeze", 0)):
         if getattr(cfg, name) is not None and getattr(cfg, name) < low:
             raise PipelineError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
+    for name, (low, high) in FLOAT_RANGES.items():
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise PipelineError(f"--{name.replace('_', '-')} must be a number in [{low:g}, {high:g}], got {value}")
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**32:
+        raise PipelineError(f"--seed must be in 0..{2**32 - 1}, got {cfg.seed}")
     if cfg.tta > 8:
         raise PipelineError(f"--tta must be 1 to 8 views (the square's symmetries), got {cfg.tta}")
     flag_overrides(cfg)  # --hflip/--vflip/--rot90 values, one line each
@@ -196,7 +213,9 @@ class LeafData:
 
 def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
     """The folder to read and where it came from: given, local, kaggle or synthetic."""
-    if cfg.data_dir:
+    if cfg.data_dir is not None:
+        if not cfg.data_dir.strip():
+            raise PipelineError("--data-dir is empty; give a folder, or leave the flag out for the default data")
         root = Path(cfg.data_dir)
         if not root.is_dir():
             raise PipelineError(f"--data-dir not found: {root}")
@@ -211,7 +230,13 @@ def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
 
         if is_main_process():
             say(f"downloading {COMPETITION} with the kaggle client ({creds.describe()}) into {DEFAULT_DATA}")
-            kaggle_client.download(LEAVES.kaggle_slug, DEFAULT_DATA, creds)
+            fresh = not DEFAULT_DATA.exists()
+            try:
+                kaggle_client.download(LEAVES.kaggle_slug, DEFAULT_DATA, creds)
+            except BaseException:
+                if fresh:  # a failed download leaves nothing behind in the checkout
+                    shutil.rmtree(DEFAULT_DATA, ignore_errors=True)
+                raise
         barrier()
         return DEFAULT_DATA, "kaggle"
     from pipelines.competitions.leaves.leafgen import VERSION, generate_leaves
@@ -241,6 +266,13 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def image_paths(root: Path, table: pd.DataFrame, name: str) -> list[Path]:
+    """Each row's image under ``root``; a name that leaves it (absolute, ``..``) is refused naming its row."""
+    from pipelines.core.paths import inside
+
+    return [inside(root, p, f"{name} row {i + 2} image") for i, p in enumerate(table["image"])]
+
+
 def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> tuple[int, str]:
     """The training size and the rule that chose it: ``--img-size``; else on CUDA the size the backbone was
     pretrained at (timm's ``input_size``: lite0 224, lite1 240, lite2 260; 224 for a model timm does not know),
@@ -260,11 +292,11 @@ def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> tuple[int, st
                  f"(CPU range {CPU_SIZES[0]}..{CPU_SIZES[1]})"
 
 
-def auto_epochs(n_fit: int, batch_size: int) -> int:
-    """Epochs from the data size: about ``STEPS`` optimizer steps per fold, within ``EPOCH_RANGE`` passes over
+def auto_epochs(n_fit: int, batch_size: int, steps: int = LeavesConfig.steps) -> int:
+    """Epochs from the data size: about ``steps`` optimizer steps per fold, within ``EPOCH_RANGE`` passes over
     each image (a few thousand images get several passes, tens of thousands the minimum)."""
     steps_per_epoch = max(1, n_fit // batch_size)
-    return int(np.clip(round(STEPS / steps_per_epoch), *EPOCH_RANGE))
+    return int(np.clip(round(steps / steps_per_epoch), *EPOCH_RANGE))
 
 
 def pretrained_side(model_name: str) -> int | None:
@@ -283,7 +315,7 @@ def fit_size_to_model(model_name: str, size: int) -> int:
     one forward pass of a blank image; a model that still cannot take it is one :class:`PipelineError`."""
     import torch
 
-    from models._registry import create_model
+    from models import create_model
 
     model = create_model(model_name, num_classes=2)
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -320,8 +352,8 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
     if counts.min() < cfg.folds:
         rare = classes[int(counts.argmin())]
         raise PipelineError(f"label {rare!r} has {counts.min()} images, fewer than --folds {cfg.folds}")
-    train_paths = [root / p for p in train["image"]]
-    test_paths = [root / p for p in test["image"]]
+    train_paths = image_paths(root, train, "train.csv")
+    test_paths = image_paths(root, test, "test.csv")
     size, rule = auto_img_size(cfg, train_paths, device)
     fitted = fit_size_to_model(cfg.model, size)
     if fitted != size:
@@ -376,19 +408,20 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
 
     from features.augment import BatchAugment
     from features.symmetry import Symmetry
-    from models.pretrained import create_backbone, input_stats
+    from models import create_model, get_classifier, input_stats
     from pipelines.core.training import Trainer, warmup_cosine
 
-    model = create_backbone(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
+    model = create_model(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                         zero_head=bool(cfg.pretrained or cfg.pretrained_file))
     if cfg.pretrained or cfg.pretrained_file:
-        zero_head(model)
         freeze_early(model, cfg.freeze)
-    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
+    classifier = get_classifier(model)
+    head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.lr},
               {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "lr_scale": cfg.head_lr_mult}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    epochs = cfg.epochs or auto_epochs(steps_per_epoch * cfg.batch_size, cfg.batch_size)
+    epochs = cfg.epochs or auto_epochs(steps_per_epoch * cfg.batch_size, cfg.batch_size, cfg.steps)
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     mix = None
     if cfg.mix_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
@@ -424,22 +457,6 @@ def freeze_early(model, groups: int) -> list[str]:
                     for group in ordered[:groups] for name in group})
     freeze(model, names)
     return names
-
-
-def zero_head(model) -> None:
-    """Start a fine-tuned model's new classifier at zero: every class equally likely, loss ln(K).
-
-    timm initialises an EfficientNet classifier uniformly in +-1/sqrt(n_classes): with few classes and
-    1280 pretrained features the first logits have a spread of 3-5, the first loss is 5-11 instead of
-    ln(K), and the first epoch spends itself (and the pretrained body's features) undoing that.
-    """
-    import torch
-
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, torch.nn.Linear):
-        torch.nn.init.zeros_(head.weight)
-        if head.bias is not None:
-            torch.nn.init.zeros_(head.bias)
 
 
 def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -480,16 +497,17 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     from pipelines.competitions.leaves.views import fold_symmetry, predict_views, tta_elements
     from pipelines.core.checkpoint import load_checkpoint
     from pipelines.core.distributed import barrier
-    from pipelines.core.seed import set_seed
+    from pipelines.core.seed import seed32, set_seed
 
+    fold_seed = seed32(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
     symmetry, symmetry_record = fold_symmetry(cfg, probe_of(cfg, data, device), data.y, np.asarray(train_idx),
-                                              cfg.seed * 1000 + fold)
-    set_seed(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
+                                              fold_seed)
+    set_seed(fold_seed)
     stop_idx = np.array([], dtype=int)
     if cfg.patience > 0:
-        train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), cfg.seed * 1000 + fold)
+        train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
     steps = _n_batches(len(train_idx), cfg)
-    cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size))
+    cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
     trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
     epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
@@ -538,7 +556,9 @@ def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_
     def rows(idx):
         return data.train_images[torch.as_tensor(np.asarray(idx, dtype=np.int64))], data.y[idx]
 
-    train = make_loader(*rows(train_idx), cfg, train=True, seed=cfg.seed * 1000 + fold, device=device)
+    from pipelines.core.seed import seed32
+
+    train = make_loader(*rows(train_idx), cfg, train=True, seed=seed32(cfg.seed * 1000 + fold), device=device)
     test = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
     stop = make_loader(*rows(stop_idx), cfg, train=False, seed=0, device=device) if len(stop_idx) else None
     return FoldLoaders(train, make_loader(*rows(valid_idx), cfg, train=False, seed=0, device=device), stop, test)
@@ -594,13 +614,14 @@ class FoldEpochs:
         extra = "".join(f" {k} {metrics[k]:.4f}" for k in ("val_acc", "stop_acc") if k in metrics)
         say(f"fold {self.fold} epoch {tr.epoch}/{self.cfg.epochs}: loss {stats['loss']:.3f} "
             f"acc {stats.get('acc', 0):.3f}{extra} ({stats['samples_per_s']:.0f} img/s)")
+        finished = tr.should_stop or tr.epoch >= self.cfg.epochs
         if is_main_process():
-            if chosen:
+            # without early stopping the fold is scored by its last weights: best.pt is written once, at the end
+            if chosen and (finished or self.loaders.stop is not None):
                 save_checkpoint(self.best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
                                             "classes": self.classes})
             save_checkpoint(self.last, {"trainer": tr.state_dict(), "early_stopping": self.stopper.state_dict(),
-                                        "history": self.history,
-                                        "finished": tr.should_stop or tr.epoch >= self.cfg.epochs})
+                                        "history": self.history, "finished": finished})
         barrier()
         if self.on_epoch is not None:
             self.on_epoch(tr.epoch, metrics["val_acc"])
@@ -674,16 +695,30 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
+# flags a resumed run takes from the command line (they change where it writes or how it reports, not what
+# it trains); every other flag given with --resume must match the saved config
+RESUME_FREE = ("progress", "workers", "resume", "out_dir", "runs_dir")
+
+
 def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
     """A new run folder's path (created once the data has loaded), or the run ``--resume`` names and
     its saved config."""
     base = Path(cfg.runs_dir) / "leaves"
     if cfg.resume:
-        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else base / cfg.resume
+        from pipelines.core.paths import inside
+
+        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else inside(base, cfg.resume, "--resume")
         if not (run_dir / "config.json").is_file():
             raise PipelineError(f"--resume: no run at {run_dir} (expected a config.json there)")
         saved = json.loads((run_dir / "config.json").read_text())
-        keep = {"progress": cfg.progress, "workers": cfg.workers, "resume": cfg.resume}
+        given = {k: v for k, v in dataclasses.asdict(cfg).items()
+                 if k not in RESUME_FREE and v != getattr(LeavesConfig(), k) and v != saved.get(k)}
+        if given:  # a flag the saved run cannot honour is refused, never silently dropped
+            name, value = next(iter(given.items()))
+            flag = "--" + name.replace("_", "-")
+            raise PipelineError(f"--resume continues {run_dir.name} with its saved settings: {flag} "
+                                f"{value} differs from its {saved.get(name)!r}; start a new run to change it")
+        keep = {k: getattr(cfg, k) for k in RESUME_FREE}
         return LeavesConfig(**{**saved, **keep}), run_dir
     from pipelines.core.distributed import broadcast_object
 
@@ -733,9 +768,12 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
     data = load_data(cfg, device)
     if is_main_process():
+        from pipelines.core.io import atomic_write
+
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(dumps(dataclasses.asdict(cfg)))
-        (run_dir / "classes.json").write_text(dumps({"classes": data.classes}))
+        for name, content in (("config.json", dataclasses.asdict(cfg)), ("classes.json", {"classes": data.classes})):
+            with atomic_write(run_dir / name) as fh:  # whole or absent (a resume trusts config.json)
+                fh.write(dumps(content))
     say(f"{len(data.train)} train / {len(data.test)} test images, {len(data.classes)} classes, "
         f"{data.img_size} px, {cfg.model} on {device} x{world()[1]}; run {run_dir}")
     return cfg, run_dir, device, data, weights
@@ -820,7 +858,7 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
         "symmetry": {str(k): {**v["symmetry_record"], "hflip": v["symmetry"].hflip, "vflip": v["symmetry"].vflip,
                               "rot90": v["symmetry"].rot90} for k, v in fold_info.items()},
         "schedule": {"epochs": {k: v["epochs"] for k, v in fold_info.items()},
-                     "rule": "--epochs" if cfg.epochs else f"auto: about {STEPS} optimizer steps per fold within "
+                     "rule": "--epochs" if cfg.epochs else f"auto: about {cfg.steps} optimizer steps per fold within "
                                                            f"{EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs",
                      "passes_per_image": {k: v["epochs"] for k, v in fold_info.items()}},
         "classes": data.classes,

@@ -66,12 +66,12 @@ def probe_features(images, y: np.ndarray, seed: int, device) -> ProbeFeatures:
     import torch
 
     from features.symmetry import view_features
-    from models.pretrained import create_backbone, input_stats
+    from models import create_model, input_stats
 
     start = time.perf_counter()
     rows = probe_rows(y, seed)
     with torch.random.fork_rng(devices=[]):  # building a model draws from torch's RNG: leave the run's stream alone
-        model = create_backbone(PROBE_MODEL, 2)
+        model = create_model(PROBE_MODEL, 2, pretrained=True)
     mean, std = input_stats(model)
     feats = view_features(model, images[torch.as_tensor(rows)], mean, std, side=PROBE_SIDE, device=device)
     return ProbeFeatures(rows, feats, time.perf_counter() - start)
