@@ -271,6 +271,11 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(optuna.logging.INFO)
     args.study = args.study or args.competition
+    from pipelines.core.paths import escapes
+
+    if escapes(args.study) or "/" in args.study or os.sep in args.study:  # it names runs/tune/<study>{.db,/}
+        raise PipelineError(f"--study {args.study!r} must be a plain name (no folder, no '..'): it names "
+                            f"{Path(args.runs_dir) / 'tune'}/<study>.db and its plots' folder")
     objective = make_objective(args)
     validate_inputs(args, objective)  # before any study exists: a typo must not leave a study behind
     args.storage = args.storage or os.environ.get(STORAGE_ENV) or tuning.default_storage_url(args.runs_dir, args.study)

@@ -322,3 +322,12 @@ def test_the_cli_refuses_nan_or_inf_in_any_float_flag_whatever_its_type():
     for value in ("nan", "inf", "-inf"):
         with pytest.raises(PipelineError, match=f"--weight-decay {value}: expected a finite number"):
             check_finite_flags(argparse.Namespace(lr=0.1, weight_decay=float(value)))
+
+
+@pytest.mark.parametrize("study", ["../escaped", "/tmp/elsewhere", "a/b"])
+def test_a_study_name_that_would_leave_runs_tune_is_refused_before_anything_is_written(tmp_path, capsys, study):
+    """The study's name becomes ``RUNS_DIR/tune/<study>.db`` and a plots folder: it must stay a plain name."""
+    runs = tmp_path / "runs"
+    assert main(["tune", "house-prices", "--study", study, "--trials", "1", "--runs-dir", str(runs)]) == 2
+    assert "--study" in one_line(capsys.readouterr().err)
+    assert not runs.exists() and not (tmp_path / "escaped").exists()
