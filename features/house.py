@@ -2,19 +2,21 @@
 
 Each step takes and returns a DataFrame, learns its state in trailing-underscore attributes and
 names its output columns, so it drops into any ``Pipeline``/``ColumnTransformer`` and CV never lets
-a validation or test row shape what was learned.
+a validation or test row shape what was learned. They keep scikit-learn's estimator contract
+(``tests/pipelines/test_sklearn_contract.py``): an array in is read as columns ``x0, x1, ...`` and comes out
+an array, and ``transform`` refuses columns other than those seen at fit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer, make_column_selector
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, RobustScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 # The Kaggle schema's numeric columns (data_description.txt); everything else is categorical.
 NUMERIC_COLUMNS = (
@@ -97,15 +99,39 @@ def skipped_features(columns) -> dict[str, list[str]]:
             if not set(needs) <= have}
 
 
-class _FrameTransformer(TransformerMixin, BaseEstimator):
-    """Base: DataFrame in, DataFrame out, output names remembered at fit time."""
+class _FrameTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Base: DataFrame in, DataFrame out, every input column kept in its place (``HouseFeatures`` appends its
+    own after them); a subclass fits ``_fit`` and transforms in ``_transform``, on a DataFrame.
 
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        check_is_fitted(self, "feature_names_out_")
-        return np.asarray(self.feature_names_out_, dtype=object)
+    ``fit`` remembers the input's width and column names (``n_features_in_``, ``feature_names_in_``) and
+    ``transform`` refuses any other, as scikit-learn's own transformers do. An array (no column names) is read
+    as columns ``x0, x1, ...`` and comes out an array. NaN and text pass through every step."""
 
-    def _remember_names(self, X: pd.DataFrame) -> None:
-        self.feature_names_out_ = list(self.transform(X).columns)
+    def fit(self, X, y=None):
+        self._fit(self._frame(X, reset=True))
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        out = self._transform(self._frame(X, reset=False))
+        return out if isinstance(X, pd.DataFrame) else out.to_numpy()
+
+    def _frame(self, X, reset: bool) -> pd.DataFrame:
+        if not isinstance(X, pd.DataFrame):  # two dimensions, rows and columns, dense, not complex
+            X = check_array(X, dtype=None, ensure_all_finite=False)
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        return X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+
+    def _fit(self, X: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = tags.input_tags.string = True
+        return tags
 
 
 class HouseImputer(_FrameTransformer):
@@ -114,7 +140,7 @@ class HouseImputer(_FrameTransformer):
     Medians and modes are learned from the rows passed to ``fit`` only.
     """
 
-    def fit(self, X: pd.DataFrame, y=None):
+    def _fit(self, X: pd.DataFrame) -> None:
         X = self._base(X)
         self.lot_by_hood_ = X.groupby("Neighborhood")["LotFrontage"].median().dropna().to_dict() \
             if {"Neighborhood", "LotFrontage"} <= set(X.columns) else {}
@@ -122,8 +148,6 @@ class HouseImputer(_FrameTransformer):
         self.medians_ = {c: (float(X[c].median()) if X[c].notna().any() else 0.0) for c in numeric}
         categorical = [c for c in X.columns if c not in self.medians_]
         self.modes_ = {c: (X[c].mode().iloc[0] if X[c].notna().any() else "None") for c in categorical}
-        self._remember_names(X)
-        return self
 
     @staticmethod
     def _base(X: pd.DataFrame) -> pd.DataFrame:
@@ -143,7 +167,7 @@ class HouseImputer(_FrameTransformer):
                 X[c] = X[c].map(lambda v: "None" if pd.isna(v) else str(int(v)) if float(v).is_integer() else str(v))
         return X
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         X = self._base(X)
         if "LotFrontage" in X and "Neighborhood" in X:
             X["LotFrontage"] = X["LotFrontage"].fillna(X["Neighborhood"].map(self.lot_by_hood_))
@@ -159,12 +183,10 @@ class HouseImputer(_FrameTransformer):
 class OrdinalMapper(_FrameTransformer):
     """Map quality-like categories (Po < Fa < TA < Gd < Ex ...) to integers; unknown levels → NaN → 0."""
 
-    def fit(self, X: pd.DataFrame, y=None):
+    def _fit(self, X: pd.DataFrame) -> None:
         self.columns_ = [c for c in ORDINAL_MAPS if c in X.columns]
-        self._remember_names(X)
-        return self
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X.copy()
         for c in self.columns_:
             X[c] = X[c].map(ORDINAL_MAPS[c]).fillna(0).astype(float)
@@ -182,12 +204,15 @@ class HouseFeatures(_FrameTransformer):
     it would be made of zeros, and a model would learn from a fake total.
     """
 
-    def fit(self, X: pd.DataFrame, y=None):
+    def _fit(self, X: pd.DataFrame) -> None:
         self.skipped_ = skipped_features(X.columns)
-        self._remember_names(X)
-        return self
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        names = super().get_feature_names_out(input_features)  # the input's, checked
+        added = [name for name in ENGINEERED_FROM if name not in self.skipped_]  # in ``_transform``'s order
+        return np.asarray([*names, *added], dtype=object)
+
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X.copy()
         c = lambda name: _col(X, name)  # noqa: E731
         year_sold = pd.to_numeric(X["YrSold"], errors="coerce") if "YrSold" in X else c("YearBuilt")
@@ -217,14 +242,12 @@ class SkewCorrector(_FrameTransformer):
     def __init__(self, threshold: float = 0.75):
         self.threshold = threshold
 
-    def fit(self, X: pd.DataFrame, y=None):
+    def _fit(self, X: pd.DataFrame) -> None:
         numeric = X.select_dtypes("number")
         skew = numeric.skew().abs()
         self.columns_ = [c for c in numeric if skew.get(c, 0) > self.threshold and numeric[c].min() >= 0]
-        self._remember_names(X)
-        return self
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X.copy()
         for c in self.columns_:
             X[c] = np.log1p(X[c].clip(lower=0))
@@ -239,13 +262,11 @@ class RangeClipper(_FrameTransformer):
     mansion) linearly in log price, so they see it as the largest house they were fitted on instead.
     """
 
-    def fit(self, X: pd.DataFrame, y=None):
+    def _fit(self, X: pd.DataFrame) -> None:
         numeric = X.select_dtypes("number")
         self.lower_, self.upper_ = numeric.min().to_dict(), numeric.max().to_dict()
-        self._remember_names(X)
-        return self
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         X = X.copy()
         for c, low in self.lower_.items():
             if c in X:

@@ -36,7 +36,7 @@ import pandas as pd
 
 from pipelines.commands.runs import Run, find_run, models_label
 from pipelines.competitions import get_competition
-from pipelines.core import blending
+from pipelines.core import blending, metrics
 from pipelines.core.competition import BlendSpec
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import read_csv
@@ -153,7 +153,7 @@ def _num(value: float | None, digits: int) -> str:
 WEIGHTS = ("fit", "equal")  # ``--weights``: fitted on out-of-fold predictions, or 1/n (nothing fitted)
 
 
-def blend_weights(mode: str, preds: np.ndarray, y: np.ndarray, loss=blending.rmse) -> np.ndarray:
+def blend_weights(mode: str, preds: np.ndarray, y: np.ndarray, loss=metrics.rmse) -> np.ndarray:
     """The blend's weights on every row: ``fit`` minimises ``loss`` on the simplex, ``equal`` is 1/n."""
     n = preds.shape[1]
     return blending.fit_simplex_weights(preds, y, loss) if mode == "fit" else np.full(n, 1.0 / n)
@@ -171,7 +171,7 @@ def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np
     (default: RMSE), scores are RMSE. ``combines[i](columns, weights)`` makes run i's prediction from its
     base columns (default: the weighted mean; house prices: the stack with its extrapolation guard).
     """
-    fit_loss = fit_loss or blending.rmse
+    fit_loss = fit_loss or metrics.rmse
     combines = combines or [blending.blend] * len(bases)
     scores = []
     for k in np.unique(folds):
@@ -179,7 +179,7 @@ def nested_cross_fitted_scores(bases: list[np.ndarray], y: np.ndarray, folds: np
         runs = np.column_stack([combine(b, blending.fit_simplex_weights(b[fit_rows], y[fit_rows], fit_loss))
                                 for b, combine in zip(bases, combines, strict=True)])
         w = blend_weights(mode, runs[fit_rows], y[fit_rows], fit_loss)
-        scores.append(blending.rmse(y[score_rows], blending.blend(runs[score_rows], w)))
+        scores.append(metrics.rmse(y[score_rows], blending.blend(runs[score_rows], w)))
     return scores
 
 
@@ -212,13 +212,13 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
     inputs = []
     for r, b, combine in zip(runs, bases, combines, strict=True):  # each run rescored as it scored itself
         scores = (blending.cross_fitted_scores(b, log_y, folds, mask=scored, fit_loss=spec.fit_loss, combine=combine)
-                  if b.shape[1] > 1 else blending.fold_scores(log_y, b[:, 0], folds, mask=scored))
+                  if b.shape[1] > 1 else metrics.fold_scores(log_y, b[:, 0], folds, mask=scored))
         inputs.append({"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                        "models": models_label(r.record),
                        "recorded_cv": recorded_cv(r), "cv_mean": float(np.mean(scores)),
                        "cv_std": float(np.std(scores)),
                        "fold_scores": scores})
-    weights = blend_weights(mode, log_oof[scored], log_y[scored], spec.fit_loss or blending.rmse)
+    weights = blend_weights(mode, log_oof[scored], log_y[scored], spec.fit_loss or metrics.rmse)
 
     def blended(preds: np.ndarray) -> np.ndarray:  # equal: exactly the mean, in the metric's space
         return preds.mean(1) if mode == "equal" else blending.blend(preds, weights)
@@ -237,7 +237,7 @@ def blend_regression(runs: list[Run], spec: BlendSpec, mode: str = "fit") -> dic
         "cv_mean": float(np.mean(blend_scores)),
         "cv_std": float(np.std(blend_scores)),
         "equal": {"cv_mean": float(np.mean(equal)), "cv_std": float(np.std(equal)), "fold_scores": equal},
-        "cv_all_rows": blending.rmse(log_y, spec.to_space(blend_oof)),
+        "cv_all_rows": metrics.rmse(log_y, spec.to_space(blend_oof)),
         "scored_rows": int(scored.sum()),
         "submission": pd.DataFrame({ID: subs[0][ID].to_numpy(), TARGET: spec.from_space(blended(log_test))}),
         "oof": pd.DataFrame({ID: base[ID], "fold": folds, TARGET: price, "prediction": blend_oof, "scored": scored,
@@ -298,18 +298,18 @@ def blend_leaves(runs: list[Run], mode: str = "fit") -> dict:
     test_probs = np.stack([t[columns].to_numpy(float) for t in tests], axis=1)
 
     def scored(probs: np.ndarray) -> dict:
-        acc = [blending.accuracy(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
-        loss = [blending.log_loss(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
+        acc = [metrics.accuracy(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
+        loss = [metrics.log_loss(y[folds == k], probs[folds == k]) for k in np.unique(folds)]
         return {"cv_mean": float(np.mean(acc)), "cv_std": float(np.std(acc)), "fold_scores": acc,
                 "log_loss": float(np.mean(loss)), "log_loss_std": float(np.std(loss)), "fold_log_loss": loss}
 
-    weights = blend_weights(mode, oof_probs, y, blending.log_loss)
+    weights = blend_weights(mode, oof_probs, y, metrics.log_loss)
     equal_oof = oof_probs.mean(1)  # equal weights' OOF: exactly the mean
     if mode == "equal":
         blend_oof, fold_weights = equal_oof, {int(k): weights for k in np.unique(folds)}
         blend_test = test_probs.mean(1)
     else:
-        blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, blending.log_loss)
+        blend_oof, fold_weights = blending.cross_fitted_blend(oof_probs, y, folds, metrics.log_loss)
         blend_test = blending.blend(test_probs, weights)
     inputs = [{"run": r.stem, "record": r.path.name, "preset": r.record.preset,
                "models": models_label(r.record), "recorded_cv": recorded_cv(r), **scored(oof_probs[:, i]),

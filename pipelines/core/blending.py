@@ -1,8 +1,8 @@
 """Blend weights on out-of-fold predictions: non-negative, summing to one.
 
 Used by the strong house-prices preset and by ``python -m pipelines blend`` (house prices on RMSE of log
-price, leaves on the log-loss of class probabilities). The honest CV of a blend
-is *cross-fitted*: the weights scored on fold k are fitted on the other folds' OOF predictions only.
+price, leaves on the log-loss of class probabilities: the losses and metrics are ``metrics.py``'s). The honest
+CV of a blend is *cross-fitted*: the weights scored on fold k are fitted on the other folds' OOF predictions only.
 """
 
 from __future__ import annotations
@@ -11,38 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.metrics import accuracy_score, root_mean_squared_error
 
-
-def rmse(y: np.ndarray, p: np.ndarray) -> float:
-    """scikit-learn's RMSE; NaN (not an exception) where a diverged model predicted a non-finite value, so
-    the run is refused by name where its scores are checked."""
-    p = np.asarray(p, float)
-    if not np.isfinite(p).all():
-        return float("nan")
-    return float(root_mean_squared_error(np.asarray(y, float), p))
-
-
-def huber_loss(delta: float) -> Callable[[np.ndarray, np.ndarray], float]:
-    """The mean Huber loss with threshold ``delta``: squared for residuals below it, linear above, so a few
-    rows that no model predicts (a regression's gross outliers) pull blend weights linearly, not quadratically."""
-
-    def loss(y: np.ndarray, p: np.ndarray) -> float:
-        r = np.abs(np.asarray(y, float) - np.asarray(p, float))
-        return float(np.mean(np.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta))))
-
-    return loss
-
-
-def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-probability of the true class; ``probs`` is (rows, classes), ``y`` class indices."""
-    picked = np.asarray(probs, float)[np.arange(len(y)), np.asarray(y, int)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-15, None))))
-
-
-def accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    """scikit-learn's accuracy of the most probable class; ``probs`` is (rows, classes), ``y`` class indices."""
-    return float(accuracy_score(np.asarray(y), np.asarray(probs).argmax(1)))
+from pipelines.core.metrics import fold_scores, rmse
 
 
 def fit_simplex_weights(
@@ -106,14 +76,3 @@ def cross_fitted_scores(
     oof, _ = cross_fitted_blend(preds, y, folds, fit_loss or loss, mask, combine)
     return fold_scores(y, oof, folds, loss, mask)
 
-
-def fold_scores(
-    y: np.ndarray,
-    pred: np.ndarray,
-    folds: np.ndarray,
-    loss: Callable[[np.ndarray, np.ndarray], float] = rmse,
-    mask: np.ndarray | None = None,
-) -> list[float]:
-    """``loss`` on each fold's rows (those inside ``mask``), fold by fold: what a K-fold CV averages."""
-    mask = np.ones(len(y), bool) if mask is None else mask
-    return [loss(y[(folds == k) & mask], pred[(folds == k) & mask]) for k in np.unique(folds)]

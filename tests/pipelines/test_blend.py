@@ -13,7 +13,8 @@ from pipelines.commands.blend import nested_cross_fitted_scores
 from pipelines.competitions.house_prices import stack_loss
 from pipelines.competitions.house_prices.pipeline import HousePricesConfig, run_pipeline
 from pipelines.core import blending
-from pipelines.core.blending import cross_fitted_scores, rmse
+from pipelines.core.blending import cross_fitted_scores
+from pipelines.core.metrics import rmse
 
 
 @pytest.fixture(scope="module")

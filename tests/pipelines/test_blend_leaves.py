@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.__main__ import main
 from pipelines.competitions.leaves.leafgen import generate_leaves
-from pipelines.core import blending
+from pipelines.core import blending, metrics
 
 TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--folds", "2",
         "--no-progress", "--img-size", "32", "--tta", "1"]
@@ -67,10 +67,10 @@ def test_blend_of_two_leaves_runs_writes_a_submission_and_an_honest_record(two_l
     folds, y = oofs[0]["fold"].to_numpy(), np.searchsorted(classes, oofs[0]["label"].to_numpy())
     p = np.stack([o[[f"p_{c}" for c in classes]].to_numpy(float) for o in oofs], 1)
     for k in (0, 1):
-        w = blending.fit_simplex_weights(p[folds != k], y[folds != k], blending.log_loss)
+        w = blending.fit_simplex_weights(p[folds != k], y[folds != k], metrics.log_loss)
         assert [record["fold_weights"][str(k)][r.stem] for r in records] == pytest.approx(w, abs=1e-6)
         fold_p = np.tensordot(p[folds == k], w, axes=([1], [0]))
-        assert record["log_loss"]["fold_scores"][k] == pytest.approx(blending.log_loss(y[folds == k], fold_p), abs=1e-6)
+        assert record["log_loss"]["fold_scores"][k] == pytest.approx(metrics.log_loss(y[folds == k], fold_p), abs=1e-6)
         assert record["fold_scores"][k] == pytest.approx(np.mean(fold_p.argmax(1) == y[folds == k]))
     # the mode is named, and equal weights' CV on the same folds is printed and recorded beside the fit's
     assert record["config"]["weights"] == "fit" and record["cv_rule"].startswith("cross-fitted")
@@ -79,7 +79,7 @@ def test_blend_of_two_leaves_runs_writes_a_submission_and_an_honest_record(two_l
     assert record["equal_weights"]["fold_scores"] == pytest.approx(
         [np.mean(mean[folds == k].argmax(1) == y[folds == k]) for k in (0, 1)])
     assert record["equal_weights"]["fold_log_loss"] == pytest.approx(
-        [blending.log_loss(y[folds == k], mean[folds == k]) for k in (0, 1)])
+        [metrics.log_loss(y[folds == k], mean[folds == k]) for k in (0, 1)])
 
 
 def test_equal_weights_blend_is_the_mean_of_the_inputs_and_says_so(two_leaves_runs, capsys):
@@ -128,11 +128,11 @@ def test_cross_fitted_weights_never_see_the_fold_they_score():
     folds = np.arange(n) % 3
     good = np.eye(k)[y] * 2 + rng.random((n, k))
     preds = np.stack([good / good.sum(1, keepdims=True), rng.dirichlet(np.ones(k), n)], 1)
-    _, before = blending.cross_fitted_blend(preds, y, folds, blending.log_loss)
+    _, before = blending.cross_fitted_blend(preds, y, folds, metrics.log_loss)
     changed_y, changed = y.copy(), preds.copy()
     changed_y[folds == 0] = rng.integers(0, k, (folds == 0).sum())
     changed[folds == 0] = changed[folds == 0][:, ::-1]  # the models swap places on fold 0
-    _, after = blending.cross_fitted_blend(changed, changed_y, folds, blending.log_loss)
+    _, after = blending.cross_fitted_blend(changed, changed_y, folds, metrics.log_loss)
     assert after[0] == pytest.approx(before[0], abs=1e-9)
     assert not np.allclose(after[1], before[1], atol=1e-3) and not np.allclose(after[2], before[2], atol=1e-3)
     assert all(w.min() >= 0 and w.sum() == pytest.approx(1) for w in before.values())

@@ -10,7 +10,7 @@ import pytest
 
 from features.house import HouseImputer
 from pipelines.competitions.house_prices.pipeline import HousePricesConfig, outlier_mask, run_pipeline
-from pipelines.core.blending import rmse
+from pipelines.core.metrics import rmse
 
 
 def _run(tmp_path, **kw):

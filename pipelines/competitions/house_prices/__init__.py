@@ -39,7 +39,7 @@ STACK_HUBER_DELTA = 0.1
 
 def stack_loss(y: np.ndarray, pred: np.ndarray) -> float:
     """The Huber loss (``STACK_HUBER_DELTA``) that stack and blend weights minimise (scores stay RMSE)."""
-    from pipelines.core.blending import huber_loss
+    from pipelines.core.metrics import huber_loss
 
     return huber_loss(STACK_HUBER_DELTA)(y, pred)
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from sklearn.svm import SVR
+from sklearn.utils import get_tags
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.house import make_preprocessor
 from pipelines.core.errors import PipelineError
@@ -109,12 +111,15 @@ class HuberLasso(RegressorMixin, BaseEstimator):
         self.alpha, self.k, self.rounds, self.max_iter, self.random_state = alpha, k, rounds, max_iter, random_state
 
     def fit(self, X, y):
+        X, y = validate_data(self, X, y, accept_sparse=("csr", "csc"), y_numeric=True)
         y = np.asarray(y, dtype=float)
         weights = np.ones(len(y))
         # each round starts from the last round's coefficients (warm start): a few sweeps instead of a fit
         lasso = Lasso(alpha=self.alpha, max_iter=self.max_iter, random_state=self.random_state, warm_start=True)
+        self.n_iter_ = 0  # coordinate-descent sweeps, every round's
         for round_ in range(self.rounds + 1):
             lasso.fit(X, y, sample_weight=weights)
+            self.n_iter_ += lasso.n_iter_
             if round_ == self.rounds:
                 break
             residual = y - lasso.predict(X)
@@ -125,27 +130,61 @@ class HuberLasso(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X):
-        return self.lasso_.predict(X)
+        check_is_fitted(self)
+        return self.lasso_.predict(validate_data(self, X, accept_sparse=("csr", "csc"), reset=False))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # as Lasso's
+        return tags
 
 
-class _OneThread(RegressorMixin):
+class _Wrapper(RegressorMixin, BaseEstimator):
+    """Base of the meta-estimators below: ``fit`` fits clones of the given (unfitted) estimators, never them.
+    The input is theirs to check (width, column names, NaN, ...), as a ``Pipeline`` leaves it to its steps:
+    the wrapper only remembers the width and column names it was fitted on, and takes the first estimator's
+    tags for the input (NaN, sparse) and the target (several outputs)."""
+
+    def _templates(self) -> list:
+        raise NotImplementedError
+
+    def _remember_input(self, X, y):
+        return validate_data(self, X, y, skip_check_array=True)  # n_features_in_, feature_names_in_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        try:
+            inner = get_tags(self._templates()[0])
+        except AttributeError:  # a model without scikit-learn's tags: the defaults
+            return tags
+        tags.input_tags.allow_nan, tags.input_tags.sparse = inner.input_tags.allow_nan, inner.input_tags.sparse
+        tags.target_tags.multi_output = inner.target_tags.multi_output
+        return tags
+
+
+class _OneThread(_Wrapper):
     """Fit and predict an OpenMP estimator on one thread: spin-waiting threads collapse on a shared CPU."""
 
     def __init__(self, estimator):
         self.estimator = estimator
 
+    def _templates(self) -> list:
+        return [self.estimator]
+
     def fit(self, X, y):
         from threadpoolctl import threadpool_limits
 
+        X, y = self._remember_input(X, y)
         with threadpool_limits(1):
-            self.estimator.fit(X, y)
+            self.estimator_ = clone(self.estimator).fit(X, y)
         return self
 
     def predict(self, X):
         from threadpoolctl import threadpool_limits
 
+        check_is_fitted(self)
         with threadpool_limits(1):
-            return self.estimator.predict(X)
+            return self.estimator_.predict(X)
 
 
 # name -> (factory(seed, **params), default params)
@@ -192,19 +231,24 @@ def make_model(name: str, seed: int = 0, **params) -> RegressorMixin:
     return SeedBag([factory(seed32(seed + i), **params) for i in range(seeds)])
 
 
-class SeedBag(RegressorMixin):
-    """The mean prediction of the same model fitted with several seeds (row and column subsampling differ)."""
+class SeedBag(_Wrapper):
+    """The mean prediction of the same model fitted with several seeds (row and column subsampling differ):
+    ``models`` are the unfitted models, one per seed; ``fit`` fits a clone of each (``estimators_``)."""
 
     def __init__(self, models: list):
         self.models = models
 
+    def _templates(self) -> list:
+        return self.models
+
     def fit(self, X, y):
-        for model in self.models:
-            model.fit(X, y)
+        X, y = self._remember_input(X, y)
+        self.estimators_ = [clone(model).fit(X, y) for model in self.models]
         return self
 
     def predict(self, X):
-        return sum(model.predict(X) for model in self.models) / len(self.models)
+        check_is_fitted(self)
+        return sum(model.predict(X) for model in self.estimators_) / len(self.estimators_)
 
 
 # Optuna search spaces, next to the models they tune: name -> fn(trial) -> params

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 class MLPRegressor(RegressorMixin, BaseEstimator):
@@ -28,8 +29,8 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         from models import create_model
         from pipelines.core.training import Trainer, warmup_cosine
 
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float32)
+        X, y = validate_data(self, X, y, y_numeric=True)
+        X, y = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.float32)
         self.y_mean_, self.y_scale_ = float(y.mean()), float(y.std() or 1.0)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny matrices: more threads only spin on a shared CPU
@@ -55,5 +56,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         import torch
         from torch.utils.data import DataLoader
 
-        out = self.trainer_.predict(DataLoader(torch.tensor(np.asarray(X, dtype=np.float32)), batch_size=4096))
+        check_is_fitted(self)
+        X = np.asarray(validate_data(self, X, reset=False), dtype=np.float32)
+        out = self.trainer_.predict(DataLoader(torch.tensor(X), batch_size=4096))
         return out.numpy().ravel() * self.y_scale_ + self.y_mean_

@@ -29,7 +29,7 @@ import pandas as pd
 
 from features.house import d2l_features, is_numeric_column, skipped_features
 from pipelines.competitions.house_prices import COMPETITION, stack_loss
-from pipelines.core import blending
+from pipelines.core import blending, metrics
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
 from pipelines.core.io import check_numeric, check_unique, md5, read_csv
@@ -155,11 +155,6 @@ def outlier_mask(train: pd.DataFrame) -> np.ndarray:
     return ((train["GrLivArea"] > 4000) & (train[TARGET] < 300_000)).to_numpy()
 
 
-def log_rmse(y: np.ndarray, pred: np.ndarray) -> float:
-    """The competition metric: RMSE between logs; predictions clamped to >= 1 as in d2l."""
-    return blending.rmse(np.log(y), _log(pred))
-
-
 def submission_spec(test: pd.DataFrame) -> SubmissionSpec:
     """What a submission must be: every test Id once, a positive price (``submit`` checks files against it)."""
     return SubmissionSpec(NAME, [ID, TARGET], ids=test[ID], positive=True)
@@ -220,8 +215,8 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
         return predict(trainer, X[va]), (predict(trainer, X_test) if cfg.test_pred == "average" else None)
 
     refit = (lambda idx: predict(fit(idx, seed32(cfg.seed * 1000 + 999)), X_test)) if cfg.test_pred == "refit" else None
-    results = cv_repeats(fit_predict, folds, train[TARGET].to_numpy(), log_rmse, fit_mask=fit_mask, refit=refit,
-                         progress=cfg.progress, desc="d2l linear")
+    results = cv_repeats(fit_predict, folds, train[TARGET].to_numpy(), metrics.log_rmse, fit_mask=fit_mask,
+                         refit=refit, progress=cfg.progress, desc="d2l linear")
     return {"linear": results}
 
 
@@ -273,10 +268,10 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
 
 
 def log1p_score(price: np.ndarray, log1p_pred: np.ndarray) -> float:
-    """A strong model's fold score: the metric (``log_rmse``) of its ``log1p`` prediction, so that each model's
-    CV and the stack's headline (``fit_stack``, on log price) are one scale. RMSE in log1p space instead would
+    """A strong model's fold score: the metric (``metrics.log_rmse``) of its ``log1p`` prediction, so that each
+    model's CV and the stack's headline (``fit_stack``, on log price) are one scale. RMSE in log1p space instead would
     differ from it wherever prices are small (a price of 1 is 0.69 there, 0 in log price)."""
-    return log_rmse(price, np.expm1(log1p_pred))
+    return metrics.log_rmse(price, np.expm1(log1p_pred))
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -380,7 +375,7 @@ def per_model_scores(cv: ModelsCV, log_y: np.ndarray, folds: np.ndarray, outlier
     per_model = {}
     for i, n in enumerate(cv.names):
         scores = [s for res in cv.results[n] for s in res.fold_scores]
-        excl = [s for r, f in enumerate(folds) for s in blending.fold_scores(log_y, cv.log_oof[r, :, i], f,
+        excl = [s for r, f in enumerate(folds) for s in metrics.fold_scores(log_y, cv.log_oof[r, :, i], f,
                                                                                 mask=~outliers)]
         fold_seconds = [s for res in cv.results[n] for s in res.fold_seconds]
         per_model[n] = {"cv_mean": float(np.mean(scores)), "cv_std": float(np.std(scores)), "fold_scores": scores,
@@ -493,16 +488,16 @@ def fit_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarray, mask: n
     # one model: its weight is 1 in every fold, so this is the model's own per-fold score
     oofs, moved = zip(*(_cross_fitted_stack(log_oof[r], log_y, folds[r], mask, bounded) for r in range(repeats)),
                       strict=True)
-    per_repeat = [blending.fold_scores(log_y, oof, f, mask=mask) for oof, f in zip(oofs, folds, strict=True)]
+    per_repeat = [metrics.fold_scores(log_y, oof, f, mask=mask) for oof, f in zip(oofs, folds, strict=True)]
     scores = [s for rep in per_repeat for s in rep]
     out = {"weights": weights, "fold_scores": scores, "cv_mean": float(np.mean(scores)),
            "cv_std": float(np.std(scores)), "repeat_means": [float(np.mean(rep)) for rep in per_repeat],
-           "cv_pooled": float(np.mean([blending.rmse(log_y[mask], oof[mask]) for oof in oofs])),
+           "cv_pooled": float(np.mean([metrics.rmse(log_y[mask], oof[mask]) for oof in oofs])),
            "bounded": bounded, "log_oof": oofs[0], "moved_oof": np.any(moved, axis=0)}
     if repeats > 1:
         averaged = np.mean(oofs, axis=0)
-        out["repeat_averaged"] = {"cv_mean": float(np.mean(blending.fold_scores(log_y, averaged, folds[0], mask=mask))),
-                                  "cv_pooled": blending.rmse(log_y[mask], averaged[mask])}
+        out["repeat_averaged"] = {"cv_mean": float(np.mean(metrics.fold_scores(log_y, averaged, folds[0], mask=mask))),
+                                  "cv_pooled": metrics.rmse(log_y[mask], averaged[mask])}
     if log_test is not None:
         out["log_test"], out["moved_test"] = guard(log_test, weights, bounded)
     return out

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.competitions.leaves import COMPETITION as LEAVES
-from pipelines.core.blending import accuracy  # the competition's metric
 from pipelines.core.errors import PipelineError
+from pipelines.core.metrics import accuracy  # the competition's metric
 from pipelines.core.records import REPO_ROOT, RunRecord, dumps
 
 if TYPE_CHECKING:
