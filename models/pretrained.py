@@ -32,7 +32,7 @@ from torch import nn
 from models._head import get_classifier
 from models._registry import check_model_name, get_model_cfg
 from pipelines.core.errors import PipelineError
-from pipelines.core.io import atomic_write, file_digest
+from pipelines.core.files import atomic_write, file_digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NO_WEIGHTS_HINT = "pass --pretrained-file PATH (local weights) or --no-pretrained (train from scratch)"

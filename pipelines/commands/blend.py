@@ -39,8 +39,8 @@ from pipelines.competitions import get_competition
 from pipelines.core import blending, metrics
 from pipelines.core.competition import BlendSpec
 from pipelines.core.errors import PipelineError
-from pipelines.core.io import read_csv
 from pipelines.core.records import RunRecord
+from pipelines.core.tables import read_csv
 
 
 def _read(path, what: str, required=(), numeric=(), dtype=None, to_space=None) -> pd.DataFrame:
@@ -103,7 +103,7 @@ def check_compatible(runs: list[Run]) -> None:
 
 def test_set(run: Run) -> tuple[Path, str | None]:
     """The folder a run read its test set from, and the MD5 of that ``test.csv`` now (``None``: gone)."""
-    from pipelines.core.io import md5
+    from pipelines.core.files import md5
 
     folder = run.record.data_dir
     root = Path(folder) if folder else get_competition(run.competition).default_data

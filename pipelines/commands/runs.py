@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.core.errors import PipelineError
-from pipelines.core.io import atomic_write
+from pipelines.core.files import atomic_write
 from pipelines.core.records import RunRecord
 
 SUFFIXES = (".json", ".csv", "_oof.csv", "_test_probs.csv")

@@ -24,7 +24,7 @@ import pandas as pd
 from pipelines.commands import float_in, positive_float
 from pipelines.commands.runs import Run, read_run
 from pipelines.core.errors import PipelineError
-from pipelines.core.io import atomic_write, file_digest
+from pipelines.core.files import atomic_write, file_digest
 from pipelines.core.kaggle_client import DEFAULT_TIMEOUT, TIMEOUT_ENV
 from pipelines.core.records import dumps, utc_now
 from submissions.writer import SubmissionSpec, validate_submission

@@ -1,6 +1,6 @@
 """Checkpoints: the state a killed training run needs to continue exactly.
 
-A checkpoint is written atomically (``pipelines.core.io.atomic_write``, fsynced) so a run killed mid-write
+A checkpoint is written atomically (``pipelines.core.files.atomic_write``, fsynced) so a run killed mid-write
 keeps its previous checkpoint. It holds the trainer's state (model, optimizer, scheduler, scaler, EMA,
 epoch), the early-stopping state (``callbacks.EarlyStopping.state_dict``) and every RNG state, so on CPU
 a resumed run is bit-identical to an uninterrupted one.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipelines.core.errors import PipelineError, disk_error
-from pipelines.core.io import atomic_write
+from pipelines.core.files import atomic_write
 
 
 def rng_state() -> dict:
@@ -69,4 +69,5 @@ def load_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError as err:
         raise PipelineError(f"checkpoint not found: {path}") from err
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise PipelineError(f"cannot read checkpoint {path}: {type(err).__name__}") from err
+        raise PipelineError(f"cannot read checkpoint {path}: {type(err).__name__}: "
+                            f"{(str(err).strip().splitlines() or [''])[0][:200]}") from err

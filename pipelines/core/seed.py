@@ -15,7 +15,15 @@ def seed32(value: int) -> int:
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; with ``deterministic`` also ask torch for deterministic kernels."""
+    """Seed Python, NumPy and torch; with ``deterministic`` also ask torch for deterministic kernels.
+
+    Where bit-identity holds: on CPU a seed fixes every result (the tests check a killed and resumed run
+    against an uninterrupted one, byte for byte). On CUDA the deterministic kernels are used where torch has
+    them (cuDNN autotuning off, cuBLAS given the fixed workspace ``CUBLAS_WORKSPACE_CONFIG`` it needs before
+    its first call); the few ops torch has no deterministic CUDA kernel for warn instead of failing the run,
+    so a GPU run is reproducible up to those ops. ``PYTHONHASHSEED`` cannot change this interpreter's string
+    hashing; it is set for the processes this one starts (tune workers), whose set orders then repeat.
+    """
     seed = seed32(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
@@ -24,5 +32,7 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
 
     torch.manual_seed(seed)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True

@@ -290,7 +290,7 @@ def save_plots(study: optuna.Study, folder: Path) -> dict[str, Path]:
     plotly is not a dependency). A plot that cannot be drawn yet (e.g. too few trials) is skipped."""
     from optuna.visualization import matplotlib as ovm
 
-    from pipelines.core.io import pyplot
+    from pipelines.core.plots import pyplot
 
     plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from PIL import Image
 
 import features.augment as augment
 from features.augment import BatchAugment, View
-from features.images import TensorBatches, decode_cache, load_images, load_rgb, median_side
+from features.batches import TensorBatches
+from features.images import decode_cache, load_images, load_rgb, median_side
 from features.symmetry import ELEMENTS, Symmetry
 from pipelines.core.errors import PipelineError
 

@@ -130,6 +130,25 @@ def test_pretrained_head_starts_at_uniform_loss():
     assert torch.allclose(loss, torch.tensor(math.log(4)))
 
 
+def test_mixup_keeps_the_last_sample_of_an_odd_batch_unmixed():
+    """timm mixes pairs (even batches only): the odd one out stays, as it was, with its smoothed one-hot target."""
+    import torch
+    from timm.data import Mixup
+
+    from pipelines.competitions.leaves.train import MixHook
+
+    hook = MixHook(Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, prob=1.0, label_smoothing=0.1, num_classes=3))
+    x, y = torch.rand(5, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    last = x[-1].clone()
+    mixed_x, mixed_y = hook(x, y)
+    assert mixed_x.shape == (5, 3, 4, 4) and mixed_y.shape == (5, 3)
+    assert torch.equal(mixed_x[-1], last)
+    assert torch.allclose(mixed_y[-1], torch.tensor([0.1 / 3, 1 - 0.1 + 0.1 / 3, 0.1 / 3]))
+    assert torch.allclose(mixed_y.sum(1), torch.ones(5))
+    one_x, one_y = hook(x[:1], y[:1])  # a batch of one: nothing to pair with
+    assert one_x.shape == (1, 3, 4, 4) and torch.allclose(one_y, torch.tensor([[1 - 0.1 + 0.1 / 3, 0.1 / 3, 0.1 / 3]]))
+
+
 def test_image_size_is_raised_to_the_model_minimum_or_refused(tiny_leaves, tmp_path, capsys):
     from pipelines.competitions.leaves.pipeline import fit_size_to_model
 
@@ -277,7 +296,7 @@ def test_kaggle_credentials_use_the_real_client_and_offline_is_one_line(tmp_path
                                                                        no_network):
     """With credentials (found as `submit` finds them) and no local data, leaves downloads with the real
     client; offline, that is one line that leaks no secret, and no run is written."""
-    import pipelines.competitions.leaves.pipeline as leaves
+    import pipelines.competitions.leaves.data as leaves  # resolve_data_dir reads DEFAULT_DATA there
 
     secret = "KGAT_0123456789abcdef0123456789abcdef"
     home = tmp_path / "home"

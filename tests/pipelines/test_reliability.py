@@ -83,9 +83,9 @@ def test_house_prices_checks_out_dir_before_the_cv(a_file, below, monkeypatch, c
 
 def test_leaves_checks_settings_and_folders_before_training_and_makes_no_run_folder(tmp_path, a_file, monkeypatch,
                                                                                    capsys):
-    import pipelines.competitions.leaves.pipeline
+    import pipelines.competitions.leaves.data
 
-    monkeypatch.setattr(pipelines.competitions.leaves.pipeline, "load_data", work_must_not_start)
+    monkeypatch.setattr(pipelines.competitions.leaves.data, "load_data", work_must_not_start)  # where it is used
     base = ["leaves", "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
     cases = {
         ("--out-dir", str(a_file)): "is a file, not a folder",
@@ -303,9 +303,9 @@ def cli_error(argv: list[str], capsys) -> tuple[int, str]:
 ])
 def test_a_numeric_flag_out_of_its_range_is_one_line_before_any_work_or_folder(argv, words, tmp_path, monkeypatch,
                                                                                capsys):
-    import pipelines.competitions.leaves.pipeline
+    import pipelines.competitions.leaves.data
 
-    monkeypatch.setattr(pipelines.competitions.leaves.pipeline, "load_data", work_must_not_start)
+    monkeypatch.setattr(pipelines.competitions.leaves.data, "load_data", work_must_not_start)  # where it is used
     folders = ["--out-dir", str(tmp_path / "subs")]
     if argv[0] != "house-prices":  # the only command here without a --runs-dir
         folders += ["--runs-dir", str(tmp_path / "runs")]

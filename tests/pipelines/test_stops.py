@@ -206,13 +206,13 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(
 def test_a_real_enospc_in_an_atomic_write_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     import torch
 
-    from pipelines.core import io
+    from pipelines.core import files
     from pipelines.core.checkpoint import save_checkpoint
 
     real_open = open
-    monkeypatch.setattr(io, "open", lambda path, mode, **kw: real_open("/dev/full", mode.replace("x", "w"), **kw),
+    monkeypatch.setattr(files, "open", lambda path, mode, **kw: real_open("/dev/full", mode.replace("x", "w"), **kw),
                         raising=False)
-    with pytest.raises(PipelineError) as err, io.atomic_write(tmp_path / "record.json") as fh:
+    with pytest.raises(PipelineError) as err, files.atomic_write(tmp_path / "record.json") as fh:
         fh.write("{}")
     assert str(err.value) == f"no space left on device writing {tmp_path / 'record.json'}"
     assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC

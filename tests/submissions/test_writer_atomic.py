@@ -114,7 +114,7 @@ def test_same_second_race_of_real_processes_loses_no_run(tmp_path):
 
 LOOP = textwrap.dedent("""
     import os, sys
-    from pipelines.core.io import pyplot
+    from pipelines.core.plots import pyplot
     plt = pyplot()
     import pandas as pd
     from pipelines.core.records import RunRecord

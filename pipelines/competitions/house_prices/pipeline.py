@@ -32,9 +32,10 @@ from pipelines.competitions.house_prices import COMPETITION, stack_loss
 from pipelines.core import blending, metrics
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
-from pipelines.core.io import check_numeric, check_unique, md5, read_csv
+from pipelines.core.files import md5
 from pipelines.core.records import RunRecord
 from pipelines.core.seed import seed32, set_seed
+from pipelines.core.tables import check_numeric, check_unique, read_csv
 from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 
 NAME, KAGGLE_SLUG, DEFAULT_DIR = COMPETITION.name, COMPETITION.kaggle_slug, COMPETITION.default_data  # registered once
@@ -518,7 +519,7 @@ def _cross_fitted_stack(log_oof: np.ndarray, log_y: np.ndarray, folds: np.ndarra
 
 def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarray, title: str):
     """Fold scores per model (every repeat's folds in a row), and OOF predicted vs true price (log axes)."""
-    from pipelines.core.io import pyplot
+    from pipelines.core.plots import pyplot
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))

@@ -1,8 +1,10 @@
 """Classify Leaves (Kaggle's classify-leaves): image classification on accuracy.
 
-``pipeline.py`` fine-tunes a backbone with K-fold CV and test-time augmentation; ``leafgen.py`` draws the
-synthetic leaf set used when no data is present; ``objective.py`` is what ``tune leaves`` runs. This file
-only registers the competition, and imports nothing heavy.
+``pipeline.py`` fine-tunes a backbone with K-fold CV and test-time augmentation; its steps have one file each:
+``config.py`` (settings and flags), ``data.py`` (tables, image size, decoding), ``train.py`` (one fold),
+``views.py`` (flips and turns per fold, the TTA choice), ``record.py`` (submission, figures, run record).
+``leafgen.py`` draws the synthetic leaf set used when no data is present; ``objective.py`` is what ``tune
+leaves`` runs. This file only registers the competition, and imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pipelines.core.records import REPO_ROOT
 
 
 def _spec(data_dir: str | None):
-    from pipelines.competitions.leaves.pipeline import read_table, submission_spec  # the pipeline's own checks
+    from pipelines.competitions.leaves.data import read_table, submission_spec  # the pipeline's own checks
 
     folder = COMPETITION.data_folder(data_dir)
     train, test = read_table(folder / "train.csv", ["image", "label"]), read_table(folder / "test.csv", ["image"])

@@ -37,7 +37,7 @@ class LeavesObjective:
     direction = "maximize"
 
     def __init__(self, args: argparse.Namespace):
-        from pipelines.competitions.leaves.pipeline import LeavesConfig
+        from pipelines.competitions.leaves.config import LeavesConfig
 
         self.trials_dir = Path(args.runs_dir) / "tune" / args.study / "trials"
         base = LeavesConfig(folds=args.folds or 3, epochs=args.epochs or 3, data_dir=args.data_dir, seed=args.seed,
@@ -53,7 +53,8 @@ class LeavesObjective:
 
     def check_inputs(self, args: argparse.Namespace) -> None:
         """The settings, and the data (read with the pipeline's own checks) when a folder is given."""
-        from pipelines.competitions.leaves.pipeline import check_config, read_table
+        from pipelines.competitions.leaves.config import check_config
+        from pipelines.competitions.leaves.data import read_table
         from pipelines.core.cv import make_folds
 
         if args.epochs is not None and args.epochs < 1:  # 0 must not silently mean the default
@@ -74,9 +75,11 @@ class LeavesObjective:
         return {name: getattr(self.base, name) for name in tuning_param_names(self.config)}
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from pipelines.competitions.leaves.pipeline import accuracy, fit_fold, load_data
+        from pipelines.competitions.leaves.data import load_data
+        from pipelines.competitions.leaves.train import fit_fold
         from pipelines.core.cv import cross_validate, make_folds
         from pipelines.core.distributed import default_device
+        from pipelines.core.metrics import accuracy
 
         cfg = self.config(trial)
         device = default_device()

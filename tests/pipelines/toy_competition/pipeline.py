@@ -11,9 +11,9 @@ import optuna
 from sklearn.linear_model import Ridge
 
 from pipelines.core.cv import cross_validate, make_folds
-from pipelines.core.io import read_csv
 from pipelines.core.metrics import rmse
 from pipelines.core.records import RunRecord
+from pipelines.core.tables import read_csv
 from pipelines.core.tuning import tuning_param_names
 from submissions.writer import SubmissionSpec, write_run
 

@@ -1,5 +1,4 @@
-"""Files for every pipeline: competition CSVs read with one-line errors for every way they can be wrong,
-files written atomically, file digests, and the one matplotlib setup for figure files.
+"""Competition CSVs read with one-line errors for every way they can be wrong.
 
 Checked here, once for every pipeline: a missing, empty or unparsable file; missing columns; a column
 name given twice (pandas would silently rename the second one ``X.1`` and the model would treat it as a
@@ -10,61 +9,17 @@ in a numeric column. Every message names the file, the column and the line.
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
-import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
 
-from pipelines.core.errors import PipelineError, disk_error
+from pipelines.core.errors import PipelineError
 
 # |value| above this is refused in a numeric column: no real feature or target comes near it, and squares
 # and sums of such values overflow float64 inside the models
 MAX_ABS = 1e12
-
-
-def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes, read in chunks by ``hashlib.file_digest``."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, algorithm).hexdigest()
-
-
-def md5(path: Path) -> str:
-    return file_digest(path, "md5")
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Write ``path`` all at once: the caller writes a temporary file beside it, which then replaces ``path``
-    in one ``os.replace``; on any failure (Ctrl-C too) the temporary file is removed and ``path`` is untouched.
-
-    Readers never see half a file and a killed writer leaves its previous version (records, checkpoints,
-    caches that parallel DDP ranks may write at once: each writer has its own temporary name). The data is
-    fsynced before the replace: after a power cut the name holds the old file or the whole new one, never an
-    empty one that a resume would trust. A full disk (or a read-only, forbidden folder) is one line naming
-    ``path`` (``errors.disk_error``), not the bare ``[Errno 28]`` of whichever write hit it.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode.replace("w", "x"), **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and disk_error(err, path):
-            raise disk_error(err, path) from err
-        raise
 
 
 def read_csv(path: Path, required: Iterable[str] = (), dtype=None) -> pd.DataFrame:
@@ -137,17 +92,3 @@ def check_numeric(frame: pd.DataFrame, columns: Iterable[str], name: str) -> Non
             raise PipelineError(f"{name}: non-numeric value {bad.iloc[0]!r} in numeric column {c!r} (line {row})")
         frame[c] = parsed
     check_finite(frame, columns, name)
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend, set here once for every figure the pipelines draw.
-
-    Figures are only ever saved to files (by the writer): Agg needs no display, works in tune's worker
-    processes and under ``torchrun``, and never opens a window that would block a run.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

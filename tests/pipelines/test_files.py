@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from pipelines.core.io import atomic_write, file_digest
+from pipelines.core.files import atomic_write, file_digest
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

@@ -1,0 +1,182 @@
+"""The leaves run's settings: :class:`LeavesConfig`, its command-line flags, their ranges and the checks made
+before any work, and the automatic epoch count (the schedule is a setting resolved from the data size).
+
+Every other leaves module reads a ``LeavesConfig``; this one imports none of them (``views`` lazily, for the
+flip/turn flags), so it is the bottom of the folder. ``say`` lives here for the same reason: every module
+prints through it, on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.competitions.leaves import COMPETITION as LEAVES
+from pipelines.core.errors import PipelineError
+
+COMPETITION = LEAVES.name  # registered once, in this package's __init__
+# CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
+# 64 px ends in 2x2 feature maps and loses ~8 points on small real images), large ones capped at 112 px
+# (the 2-core CPU budget)
+CPU_SIZES = (96, 112)
+# default schedule (``--epochs auto``): about ``--steps`` optimizer steps per fold, within EPOCH_RANGE passes
+# over each training image (docs/leaves.md: chosen on ELPV and the synthetic set)
+EPOCH_RANGE = (3, 10)
+
+
+@dataclass
+class LeavesConfig:
+    """Every setting of a run; CLI flags override the defaults and the resolved config is saved."""
+
+    data_dir: str | None = None
+    model: str = "tf_efficientnet_lite0"
+    pretrained: bool = True  # offline ImageNet weights (models/pretrained.py) when the backbone has them
+    pretrained_file: str | None = None
+    img_size: int | None = None  # None: 224 on CUDA; on CPU the images' median side within CPU_SIZES
+    epochs: int | None = None  # None: from the data size (auto_epochs), resolved and saved before training
+    steps: int = 300  # the automatic schedule's optimizer steps per fold (ignored when epochs is given)
+    batch_size: int = 32
+    lr: float = 1e-3
+    head_lr_mult: float = 1.0  # classifier LR / body LR (x10 measured no better once the head starts at zero)
+    weight_decay: float = 0.02
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.2  # mixup alpha of a mixed batch; no batch is mixed unless --mix-prob > 0 (default 0: off)
+    cutmix: float = 1.0  # cutmix alpha of a mixed batch (likewise only with --mix-prob > 0)
+    # augmentation for ~10 epochs over a few thousand images: light (crops, flips). The strong policy
+    # (--auto-augment trivial --mix-prob 0.2 --rotation 30 --jitter 0.3 --crop-scale 0.5) scored 2 points
+    # lower on real ELPV cells at this budget; it pays off only over much longer schedules
+    mix_prob: float = 0.0  # share of batches mixed (mixup/cutmix)
+    auto_augment: str = "none"
+    crop_scale: float = 0.7  # smallest area share kept by the random resized crop
+    rotation: float = 0.0  # random rotation, degrees
+    jitter: float = 0.0  # colour jitter (brightness, contrast, saturation)
+    ema_decay: float = 0.995  # 0 disables the EMA of weights
+    freeze: int = 3  # leading layer groups (stem, then stages) kept at their pretrained values; 0 trains all
+    patience: int = 0  # 0: fixed epochs, scored at the last; N: early stopping on an inner split of the train folds
+    folds: int = 3
+    fold: int | None = None  # train only this fold
+    hflip: str = "auto"  # probability of a horizontal flip; auto: kept if the training rows keep labels under it
+    vflip: str = "auto"  # likewise, vertical
+    rot90: str = "auto"  # random quarter turns: on, off or auto
+    tta: int = 4  # test-time views tried: the identity, then the kept flips and turns; the count kept on OOF
+    workers: int = -1  # -1: 0 on small CPUs, else up to 8
+    compile: bool = False
+    amp: bool = True  # autocast: bf16 on a CPU with hardware bf16 (AVX-512 BF16/AMX), bf16/fp16 on CUDA
+    progress: bool = True
+    seed: int = 0
+    out_dir: str = "submissions"
+    runs_dir: str = "runs"
+    resume: str | None = None
+    synthetic_species: int = 10
+    synthetic_train: int = 960
+    synthetic_test: int = 240
+    synthetic_size: int = 96
+    extra_record: dict = dataclasses.field(default_factory=dict)  # merged into the run record (tuning study/trial)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = LeavesConfig()
+    a = parser.add_argument
+    a("--data-dir", help="folder in the Kaggle layout (default: data/classify-leaves, Kaggle, or synthetic)")
+    a("--model", default=d.model, help=f"models/ or timm backbone name (default {d.model})")
+    a("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch")
+    a("--pretrained-file", help="local weights (.pth/.safetensors) to start from")
+    a("--img-size", type=int, help="training resolution (default: 224 on CUDA, the images' median side within "
+                                   f"{CPU_SIZES[0]}..{CPU_SIZES[1]} on CPU; never below the model's minimum)")
+    a("--epochs", type=_auto_int, default=d.epochs, help="passes over each training image (default auto: "
+      f"about --steps optimizer steps per fold, {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs)")
+    for name in ("steps", "batch_size", "patience", "folds", "tta", "workers", "freeze"):
+        a(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    a("--hflip", default=d.hflip, help="horizontal flip probability (default auto: decided from the training rows)")
+    a("--vflip", default=d.vflip, help="vertical flip probability (default auto: decided from the training rows)")
+    a("--rot90", default=d.rot90, choices=["auto", "on", "off"], help="random quarter turns (default auto)")
+    for name in ("lr", "head_lr_mult", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup",
+                 "cutmix", "mix_prob", "crop_scale", "rotation", "jitter", "ema_decay"):
+        a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
+    a("--fold", type=int, help="train only this fold")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--no-amp", dest="amp", action="store_false", help="plain fp32 (no bf16/fp16 autocast)")
+    a("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    a("--runs-dir", default=d.runs_dir, help="checkpoints go to RUNS_DIR/leaves/<run> (default runs)")
+    a("--resume", help="continue a killed run: its name under RUNS_DIR/leaves, or its folder")
+    for name in ("species", "train", "test", "size"):
+        a(f"--synthetic-{name}", type=int, default=getattr(d, f"synthetic_{name}"), help=argparse.SUPPRESS)
+
+
+def _auto_int(value: str) -> int | None:
+    """``auto`` -> None, else an integer (argparse type of ``--epochs``)."""
+    if value.lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {value!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> LeavesConfig:
+    fields = {f.name for f in dataclasses.fields(LeavesConfig)}
+    return LeavesConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+# the float flags' accepted ranges (checked before any work: ``nan``, ``inf`` and nonsense are one error line)
+FLOAT_RANGES = {"lr": (1e-12, 10), "head_lr_mult": (0, 1e4), "weight_decay": (0, 10), "warmup_epochs": (0, 1e4),
+                "grad_clip": (0, 1e6), "label_smoothing": (0, 0.99), "mixup": (0, 100), "cutmix": (0, 100),
+                "mix_prob": (0, 1), "crop_scale": (0.01, 1), "rotation": (0, 180), "jitter": (0, 1),
+                "ema_decay": (0, 0.99999)}
+
+
+def check_config(cfg: LeavesConfig) -> None:
+    """Refuse settings that cannot train, and output folders that cannot be written, before any work and
+    before a run folder exists."""
+    from pipelines.competitions.leaves.views import flag_overrides
+    from submissions.writer import check_writable_dir
+
+    for name, low in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("folds", 2), ("tta", 1),
+                      ("patience", 0), ("workers", -1), ("freeze", 0)):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < low:
+            raise PipelineError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
+    for name, (low, high) in FLOAT_RANGES.items():
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise PipelineError(f"--{name.replace('_', '-')} must be a number in [{low:g}, {high:g}], got {value}")
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**32:
+        raise PipelineError(f"--seed must be in 0..{2**32 - 1}, got {cfg.seed}")
+    if cfg.tta > 8:
+        raise PipelineError(f"--tta must be 1 to 8 views (the square's symmetries), got {cfg.tta}")
+    flag_overrides(cfg)  # --hflip/--vflip/--rot90 values, one line each
+    if cfg.img_size is not None and cfg.img_size < 16:
+        raise PipelineError(f"--img-size must be at least 16 pixels, got {cfg.img_size} "
+                            "(leave it out for the automatic size)")
+    if not cfg.resume:
+        import timm
+
+        import models
+
+        if cfg.model not in models.list_models() and not timm.is_model(cfg.model):
+            models.create_model(cfg.model)  # unknown: its one-line error lists close matches
+    check_writable_dir(Path(cfg.out_dir) / COMPETITION)
+    check_writable_dir(cfg.runs_dir, "--runs-dir")
+
+
+
+def auto_epochs(n_fit: int, batch_size: int, steps: int = LeavesConfig.steps) -> int:
+    """Epochs from the data size: about ``steps`` optimizer steps per fold, within ``EPOCH_RANGE`` passes over
+    each image (a few thousand images get several passes, tens of thousands the minimum)."""
+    steps_per_epoch = max(1, n_fit // batch_size)
+    return int(np.clip(round(steps / steps_per_epoch), *EPOCH_RANGE))
+
+
+
+def say(message: str) -> None:
+    from pipelines.core.distributed import is_main_process
+
+    if is_main_process():
+        print(message, flush=True)

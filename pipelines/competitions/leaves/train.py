@@ -1,0 +1,288 @@
+"""One leaves fold: its loaders, the trainer (backbone, optimizer, schedule, augmentation, mixup, EMA), the
+epochs (inner-split early stopping, checkpoints, resume) and the predictions in every kept view.
+
+The flips and turns a fold keeps and the test-time views come from ``views.py``; the loop itself is the
+shared ``pipelines.core.training.Trainer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from pipelines.competitions.leaves.config import LeavesConfig, auto_epochs, say
+from pipelines.core.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipelines.competitions.leaves.data import LeafData
+
+
+def make_loader(images, labels, cfg: LeavesConfig, *, train: bool, seed: int, device):
+    """Batches of the uint8 cache (moved to the GPU once when it fits there): shuffled full batches (training,
+    sharded over DDP ranks) or in order."""
+    from features.batches import TensorBatches, on_device
+    from pipelines.core.distributed import world
+
+    rank, world_size = world()
+    images = on_device(images, device)
+    if not train:
+        return TensorBatches(images, labels, cfg.batch_size * 2, shuffle=False, pin=device.type == "cuda")
+    return TensorBatches(images, labels, cfg.batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size,
+                         pin=device.type == "cuda")
+
+
+class MixHook:
+    """timm's Mixup/CutMix as the trainer's ``batch_hook``. timm mixes pairs, so it needs an even batch: the
+    last sample of an odd batch is kept, unmixed, with its smoothed one-hot target (timm's ``mixup_target`` at
+    ``lam`` 1), never dropped."""
+
+    def __init__(self, mixup):
+        self.mixup = mixup
+
+    def __call__(self, x, y):
+        if not len(x) % 2:
+            return self.mixup(x, y)
+        import torch
+        from timm.data.mixup import mixup_target
+
+        m = self.mixup
+        last_y = mixup_target(y[-1:], m.num_classes, 1.0, m.label_smoothing, getattr(m, "multi_label", False))
+        if len(x) == 1:
+            return x, last_y
+        last_x = x[-1:].clone()  # timm mixes in place; the kept sample must stay as it is
+        mixed_x, mixed_y = m(x[:-1], y[:-1])
+        return torch.cat([mixed_x, last_x]), torch.cat([mixed_y, last_y])
+
+
+def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None):
+    """Backbone (offline pretrained, head at zero), AdamW, warmup+cosine, label smoothing, EMA, the batched
+    augmentation with ``symmetry``'s flips and turns (none when not given), mixup if asked."""
+    import torch
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    from features.augment import BatchAugment
+    from features.symmetry import Symmetry
+    from models import create_model, get_classifier, input_stats
+    from pipelines.core.training import Trainer, warmup_cosine
+
+    model = create_model(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                         zero_head=bool(cfg.pretrained or cfg.pretrained_file))
+    if cfg.pretrained or cfg.pretrained_file:
+        freeze_early(model, cfg.freeze)
+    classifier = get_classifier(model)
+    head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "lr_scale": cfg.head_lr_mult}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    epochs = cfg.epochs or auto_epochs(steps_per_epoch * cfg.batch_size, cfg.batch_size, cfg.steps)
+    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    mix = None
+    if cfg.mix_prob > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
+        mix = MixHook(Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                            label_smoothing=cfg.label_smoothing, num_classes=n_classes))
+        loss_fn = SoftTargetCrossEntropy()
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mean, std = input_stats(model)
+    hook = BatchAugment(mean, std, symmetry=symmetry or Symmetry(), crop_scale=cfg.crop_scale, rotation=cfg.rotation,
+                        jitter=cfg.jitter, auto_augment=cfg.auto_augment, then=mix)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    return Trainer(model, optimizer, loss_fn, scheduler=scheduler, device=device, grad_clip=cfg.grad_clip,
+                   channels_last=True, amp=cfg.amp, batch_hook=hook, ema=ema, progress=cfg.progress,
+                   compile=cfg.compile)
+
+
+def freeze_early(model, groups: int) -> list[str]:
+    """Keep the first ``groups`` layer groups of a pretrained model at their ImageNet values (timm's coarse
+    ``group_matcher``: the stem, then one group per stage; batch norm frozen with its statistics).
+
+    The early layers see edges and textures, which ImageNet taught well, at the highest resolution, where a
+    backward pass costs most: freezing the stem and two stages of efficientnet-lite0 trains 1.4x faster at
+    112 px on a CPU. Returns the frozen module names (none for a model without a group matcher).
+    """
+    if groups <= 0 or not hasattr(model, "group_matcher"):
+        return []
+    from timm.models import group_modules
+    from timm.utils.model import freeze
+
+    ordered = list(group_modules(model, model.group_matcher(coarse=True)).values())
+    names = sorted({name.rsplit(".", 1)[0] if name.count(".") > 1 else name
+                    for group in ordered[:groups] for name in group})
+    freeze(model, names)
+    return names
+
+
+def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``train_idx`` split into (fit, early-stopping) rows: a stratified 10 % (at least one per class) stops."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    n_classes = len(np.unique(y[train_idx]))
+    size = max(n_classes, round(0.1 * len(train_idx)))
+    try:
+        fit, stop = next(StratifiedShuffleSplit(1, test_size=size, random_state=seed).split(train_idx, y[train_idx]))
+    except ValueError as err:
+        raise PipelineError(f"--patience needs an inner early-stopping split of the training folds ({err}); "
+                            "use --patience 0") from None
+    return train_idx[np.sort(fit)], train_idx[np.sort(stop)]
+
+
+def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
+             on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Train one fold (resuming from its last checkpoint) and predict its rows and the test set once, in every
+    view of the symmetry its training rows kept.
+
+    The fold's rows never choose anything: the flips and turns come from the flags or from the probe on
+    ``train_idx`` (``views.fold_symmetry``); with ``patience`` 0 the weights after the last epoch score them,
+    else early stopping watches an inner split of ``train_idx`` (:func:`inner_split`). The fold's own rows are
+    scored once, after training, unless ``on_epoch(epoch, val_acc)`` asks for every epoch (a tuner reports and
+    prunes there). Returns ``valid``/``test`` probabilities of the plain view, ``valid_views``/``test_views`` of
+    shape (views, rows, classes), the symmetry and its record.
+    """
+    from models.pretrained import input_stats
+    from pipelines.competitions.leaves.views import fold_symmetry, predict_views, tta_elements
+    from pipelines.core.checkpoint import load_checkpoint
+    from pipelines.core.distributed import barrier
+    from pipelines.core.seed import seed32, set_seed
+
+    fold_seed = seed32(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
+    symmetry, symmetry_record = fold_symmetry(cfg, probe_of(cfg, data, device), data.y, np.asarray(train_idx),
+                                              fold_seed)
+    set_seed(fold_seed)
+    stop_idx = np.array([], dtype=int)
+    if cfg.patience > 0:
+        train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
+    steps = _n_batches(len(train_idx), cfg)
+    cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
+    trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry)
+    loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
+    epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
+    epochs.resume(trainer)
+    trainer.add_callback("on_epoch_end", epochs)
+    start = time.perf_counter()
+    trainer.fit(loaders.train, cfg.epochs - trainer.epoch)
+    train_seconds = time.perf_counter() - start
+    barrier()
+    chosen = load_checkpoint(epochs.best)
+    trainer.eval_model.load_state_dict(chosen["model"])
+    elements = tta_elements(symmetry, cfg.tta)
+    mean, std = input_stats(trainer.module)
+    valid_views, test_views = (predict_views(trainer, loader, elements, mean, std)
+                               for loader in (loaders.valid, loaders.test))
+    return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
+            "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
+            "epochs": cfg.epochs, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
+            "symmetry_record": symmetry_record, "views": elements}
+
+
+def probe_of(cfg: LeavesConfig, data: LeafData, device):
+    """The symmetry probe's features (computed once per run, on a sample of all training rows); None when
+    the flags decide every symmetry."""
+    from pipelines.competitions.leaves.views import flag_overrides, probe_features
+
+    if None not in flag_overrides(cfg):
+        return None
+    if data.probe is None:
+        data.probe = probe_features(data.train_images, data.y, cfg.seed, device)
+    return data.probe
+
+
+class FoldLoaders(NamedTuple):
+    train: object  # shuffled full uint8 batches; augmented on the device (features.augment.BatchAugment)
+    valid: object  # the fold's rows: scored once after training (every epoch only for a tuner)
+    stop: object | None  # the inner split early stopping watches (``patience`` > 0)
+    test: object
+
+
+def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, stop_idx,
+                 device) -> FoldLoaders:
+    """The fold's batches of the uint8 cache (normalisation happens on the device, in the views)."""
+    import torch
+
+    def rows(idx):
+        return data.train_images[torch.as_tensor(np.asarray(idx, dtype=np.int64))], data.y[idx]
+
+    from pipelines.core.seed import seed32
+
+    train = make_loader(*rows(train_idx), cfg, train=True, seed=seed32(cfg.seed * 1000 + fold), device=device)
+    test = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
+    stop = make_loader(*rows(stop_idx), cfg, train=False, seed=0, device=device) if len(stop_idx) else None
+    return FoldLoaders(train, make_loader(*rows(valid_idx), cfg, train=False, seed=0, device=device), stop, test)
+
+
+class FoldEpochs:
+    """A fold's ``on_epoch_end``: early-stop on the inner split, log, and checkpoint: ``best.pt`` holds the
+    weights that will score the fold, ``last.pt`` everything a killed run needs to continue exactly. The
+    fold's own rows are scored here only for a tuner's ``on_epoch`` (never used to choose)."""
+
+    def __init__(self, cfg: LeavesConfig, fold: int, classes: list[str], loaders: FoldLoaders, fold_dir: Path,
+                 on_epoch: Callable[[int, float], None] | None):
+        from pipelines.core.callbacks import EarlyStopping
+
+        self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
+        self.view = None  # the plain view, normalised with the model's mean/std (set at the first epoch)
+        self.last, self.best = fold_dir / "last.pt", fold_dir / "best.pt"
+        self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
+
+    def resume(self, trainer) -> None:
+        """Continue from ``last.pt`` if a killed run left one."""
+        from pipelines.core.checkpoint import load_checkpoint
+
+        if not self.last.exists():
+            return
+        state = load_checkpoint(self.last)
+        trainer.load_state_dict(state["trainer"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.history = state["history"]
+        trainer.should_stop = state["finished"]
+        say(f"fold {self.fold}: resumed after epoch {trainer.epoch}")
+
+    def __call__(self, tr, stats: dict) -> None:
+        from pipelines.core.checkpoint import save_checkpoint
+        from pipelines.core.distributed import barrier, broadcast_value, is_main_process
+
+        if not np.isfinite(stats["loss"]):
+            raise PipelineError(f"fold {self.fold} diverged at epoch {tr.epoch} (loss is NaN); lower --lr")
+        if self.view is None:
+            from features.augment import View
+            from models.pretrained import input_stats
+
+            self.view = View("identity", *input_stats(tr.module))
+        metrics = {}
+        if self.on_epoch is not None:  # a tuner's running CV: reported, never used to choose
+            metrics = tr.evaluate(self.loaders.valid, self.view)
+        chosen = True  # patience 0: the latest weights are the ones that score the fold
+        if self.loaders.stop is not None:
+            metrics["stop_acc"] = tr.evaluate(self.loaders.stop, self.view)["val_acc"]
+            chosen = self.stopper.step(broadcast_value(metrics["stop_acc"]))
+            tr.should_stop = self.stopper.should_stop
+        self.history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
+        extra = "".join(f" {k} {metrics[k]:.4f}" for k in ("val_acc", "stop_acc") if k in metrics)
+        say(f"fold {self.fold} epoch {tr.epoch}/{self.cfg.epochs}: loss {stats['loss']:.3f} "
+            f"acc {stats.get('acc', 0):.3f}{extra} ({stats['samples_per_s']:.0f} img/s)")
+        finished = tr.should_stop or tr.epoch >= self.cfg.epochs
+        if is_main_process():
+            # without early stopping the fold is scored by its last weights: best.pt is written once, at the end
+            if chosen and (finished or self.loaders.stop is not None):
+                save_checkpoint(self.best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
+                                            "classes": self.classes})
+            save_checkpoint(self.last, {"trainer": tr.state_dict(), "early_stopping": self.stopper.state_dict(),
+                                        "history": self.history, "finished": finished})
+        barrier()
+        if self.on_epoch is not None:
+            self.on_epoch(tr.epoch, metrics["val_acc"])
+
+
+def _n_batches(n: int, cfg: LeavesConfig) -> int:
+    """Optimizer steps per epoch, as :func:`make_loader` batches the training set (for the LR schedule)."""
+    from pipelines.core.distributed import world
+
+    per_rank = n // world()[1]
+    return max(1, per_rank // min(cfg.batch_size, per_rank))
