@@ -27,8 +27,8 @@ import torch
 
 import models
 from pipelines.__main__ import main as cli
+from pipelines.competitions.leaves.config import LeavesConfig
 from pipelines.competitions.leaves.leafgen import VERSION, generate_leaves
-from pipelines.competitions.leaves.pipeline import LeavesConfig
 from pipelines.core.records import REPO_ROOT
 
 PRETRAINED_DEFAULT = LeavesConfig().model

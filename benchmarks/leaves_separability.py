@@ -54,8 +54,8 @@ def cnn_accuracy(root: Path, out: Path, extra: list[str]) -> tuple[float, float]
 
 
 def main() -> None:
+    from pipelines.competitions.leaves.config import LeavesConfig
     from pipelines.competitions.leaves.leafgen import generate_leaves
-    from pipelines.competitions.leaves.pipeline import LeavesConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--linear-only", action="store_true")

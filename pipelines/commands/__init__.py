@@ -13,7 +13,9 @@ import argparse
 import math
 from collections.abc import Callable
 
-SEED_MAX = 2**32 - 1  # numpy's (and sklearn's) seed range is 0..2**32-1
+from pipelines.core.seed import SEED_SPACE
+
+SEED_MAX = SEED_SPACE - 1  # numpy's (and sklearn's) seed range is 0..2**32-1
 
 
 def _number(value: str, kind: type) -> int | float:

@@ -63,18 +63,23 @@ def _read(path, what: str, required=(), numeric=(), dtype=None, to_space=None) -
     return frame
 
 
-def read_all(runs: list[Run], what: str, path_of: Callable[[Run], Path | None], **kwargs) -> list[pd.DataFrame]:
-    """Every run's table (``_read``); the runs whose table is bad are all named in one error line: the user named
-    each run to blend, so a blend of the others would not be the one asked for."""
-    frames, bad = [], []
-    for r in runs:
+def every_or_error(items: list, read: Callable, what: str) -> list:
+    """``read(item)`` for every item; the items that fail are all named in one error line: the user named each
+    run to blend, so a blend of the others would not be the one asked for."""
+    out, bad = [], []
+    for item in items:
         try:
-            frames.append(_read(path_of(r), f"{r.stem}: {what}", **kwargs))
+            out.append(read(item))
         except PipelineError as err:
             bad.append(str(err))
     if bad:
-        raise PipelineError(f"cannot blend {len(bad)} of the runs: {'; '.join(bad)}")
-    return frames
+        raise PipelineError(f"cannot blend {len(bad)} of {what}: {'; '.join(bad)}")
+    return out
+
+
+def read_all(runs: list[Run], what: str, path_of: Callable[[Run], Path | None], **kwargs) -> list[pd.DataFrame]:
+    """Every run's table (``_read``), every bad one named in one error line."""
+    return every_or_error(runs, lambda r: _read(path_of(r), f"{r.stem}: {what}", **kwargs), "the runs")
 
 
 def check_compatible(runs: list[Run]) -> None:
@@ -412,14 +417,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from submissions.writer import check_writable_dir
 
-    runs, bad = [], []
-    for ref in args.runs:  # every named run that cannot be read is named at once, not the first only
-        try:
-            runs.append(find_run(ref, args.out_dir))
-        except PipelineError as err:
-            bad.append(str(err))
-    if bad:
-        raise PipelineError(f"cannot blend {len(bad)} of the runs named: {'; '.join(bad)}")
+    runs = every_or_error(args.runs, lambda ref: find_run(ref, args.out_dir), "the runs named")
     check_compatible(runs)
     check_writable_dir(Path(args.out_dir) / runs[0].competition)  # before the blending work, not after
     return BLENDERS[get_competition(runs[0].competition).blend.kind](runs, args, start)

@@ -271,9 +271,9 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(optuna.logging.INFO)
     args.study = args.study or args.competition
-    from pipelines.core.paths import escapes
+    from pipelines.core.paths import is_plain_name
 
-    if escapes(args.study) or "/" in args.study or os.sep in args.study:  # it names runs/tune/<study>{.db,/}
+    if not is_plain_name(args.study):  # it names runs/tune/<study>.db and runs/tune/<study>/
         raise PipelineError(f"--study {args.study!r} must be a plain name (no folder, no '..'): it names "
                             f"{Path(args.runs_dir) / 'tune'}/<study>.db and its plots' folder")
     objective = make_objective(args)

@@ -48,6 +48,7 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and disk_error(err, path):
-            raise disk_error(err, path) from err
+        known = disk_error(err, path) if isinstance(err, OSError) else None
+        if known is not None:
+            raise known from err
         raise

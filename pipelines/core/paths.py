@@ -22,6 +22,13 @@ def escapes(name: str | PurePath) -> bool:
     return os.path.normpath(text).split(os.sep)[0] == ".."
 
 
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` is one plain file or folder name (text, no separator, not ``.`` or ``..``): what a
+    name must be when the product places it in a folder of its own choosing (a run record's files beside the
+    record, a study's database and plots under ``RUNS_DIR/tune``)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+
+
 def inside(root: str | Path, name: str | PurePath, what: str) -> Path:
     """``root / name``, or one :class:`PipelineError` naming ``what`` (e.g. ``train.csv row 7``) when ``name``
     is empty or would leave ``root``."""

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.core.paths import is_plain_name
+
 PACKAGES = (
     "numpy", "pandas", "scikit-learn", "scipy", "torch", "torchvision", "timm", "lightgbm", "optuna", "kaggle",
 )
@@ -189,11 +191,6 @@ def _is(value, types: tuple) -> bool:
         not isinstance(value, bool) and isinstance(value, tuple(t for t in types if t is not None)))
 
 
-def is_file_name(name) -> bool:
-    """A plain file name beside the record: a record naming ``../x`` or ``/etc/passwd`` points outside its run."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
-
-
 def check(data: dict) -> dict:
     """``data`` unchanged if every typed field has its type, else one ``ValueError`` naming the first bad one.
 
@@ -222,6 +219,6 @@ def check(data: dict) -> dict:
     names = {"submission": files.get("submission"), **({"oof": files["oof"]} if files.get("oof") else {}),
              **{f"tables.{k}": v for k, v in tables.items()}}
     for key, name in names.items():
-        if not is_file_name(name):
+        if not is_plain_name(name):
             raise ValueError(f"files.{key} is {_kind(name)}, not a file name beside the record")
     return data

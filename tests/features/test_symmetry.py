@@ -8,9 +8,9 @@ import pytest
 
 from features.images import decode_cache
 from features.symmetry import ELEMENTS, GROUPS, Symmetry, decide
+from pipelines.competitions.leaves.config import LeavesConfig
 from pipelines.competitions.leaves.glyphgen import generate_glyphs
 from pipelines.competitions.leaves.leafgen import generate_leaves
-from pipelines.competitions.leaves.pipeline import LeavesConfig
 from pipelines.competitions.leaves.views import fold_symmetry, probe_features
 
 

@@ -88,7 +88,7 @@ def test_patience_early_stops_on_an_inner_split_never_on_the_scored_fold(tiny_le
 def test_inner_split_is_a_stratified_part_of_the_training_rows():
     import numpy as np
 
-    from pipelines.competitions.leaves.pipeline import inner_split
+    from pipelines.competitions.leaves.train import inner_split
 
     y = np.repeat([0, 1, 2], 20)
     train_idx = np.arange(0, 60, 2)  # 10 rows of each class
@@ -121,7 +121,8 @@ def test_pretrained_head_starts_at_uniform_loss():
 
     import torch
 
-    from pipelines.competitions.leaves.pipeline import LeavesConfig, build_trainer
+    from pipelines.competitions.leaves.config import LeavesConfig
+    from pipelines.competitions.leaves.train import build_trainer
 
     trainer = build_trainer(LeavesConfig(progress=False), n_classes=4, steps_per_epoch=1, device=torch.device("cpu"))
     trainer.module.eval()
@@ -150,7 +151,7 @@ def test_mixup_keeps_the_last_sample_of_an_odd_batch_unmixed():
 
 
 def test_image_size_is_raised_to_the_model_minimum_or_refused(tiny_leaves, tmp_path, capsys):
-    from pipelines.competitions.leaves.pipeline import fit_size_to_model
+    from pipelines.competitions.leaves.data import fit_size_to_model
 
     assert fit_size_to_model("alexnet", 32) == 65  # declared min_input_size
     assert fit_size_to_model("alexnet", 96) == 96
@@ -320,7 +321,8 @@ def test_gpu_image_size_is_the_backbones_pretrained_size():
     """On CUDA each timm backbone trains at its pretrained size (no GPU needed: only the device type is read)."""
     import torch
 
-    from pipelines.competitions.leaves.pipeline import LeavesConfig, auto_img_size
+    from pipelines.competitions.leaves.config import LeavesConfig
+    from pipelines.competitions.leaves.data import auto_img_size
 
     cuda = torch.device("cuda")
     sizes = {m: auto_img_size(LeavesConfig(model=m), [], cuda)[0]

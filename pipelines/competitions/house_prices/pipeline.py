@@ -44,7 +44,7 @@ SHIPPED_MD5 = {"train.csv": "80ccab65fb115cbad143dbbd2bcd5577", "test.csv": "dce
 PRESETS = ("d2l", "strong")
 # the lowest SalePrice accepted: the metric clamps every prediction below 1 to 1 (a log of 0), so a lower price
 # can never be predicted and its log would pull every fit (0.001 is -6.9 in log price, the shipped houses
-# 10.5..13.5). The upper side is ``io.MAX_ABS`` (1e12), refused in every numeric column. The shipped prices
+# 10.5..13.5). The upper side is ``tables.MAX_ABS`` (1e12), refused in every numeric column. The shipped prices
 # are 34,900..755,000; a file in thousands of dollars (34.9..755) still passes
 MIN_PRICE = 1.0
 # the columns the documented-outlier rule reads (``outlier_mask``); without them no row is marked
@@ -131,7 +131,7 @@ def check_ids(frame: pd.DataFrame, path: Path) -> None:
 
 
 def check_prices(price: pd.Series, path: Path) -> None:
-    """Refuse a price below ``MIN_PRICE`` (or missing): absurd on the low side, as ``io.MAX_ABS`` is on the high."""
+    """Refuse a price below ``MIN_PRICE`` (or missing): absurd on the low side, as ``tables.MAX_ABS`` is on the high."""
     values = price.to_numpy(dtype=float, na_value=np.nan)
     bad = np.flatnonzero(~(values >= MIN_PRICE))  # NaN too
     if len(bad):

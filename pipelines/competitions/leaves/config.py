@@ -18,6 +18,7 @@ import numpy as np
 
 from pipelines.competitions.leaves import COMPETITION as LEAVES
 from pipelines.core.errors import PipelineError
+from pipelines.core.seed import SEED_SPACE
 
 COMPETITION = LEAVES.name  # registered once, in this package's __init__
 # CPU image size: the images' median side, small images upsampled to at least 96 px (efficientnet-lite0 at
@@ -147,8 +148,8 @@ def check_config(cfg: LeavesConfig) -> None:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and low <= value <= high):
             raise PipelineError(f"--{name.replace('_', '-')} must be a number in [{low:g}, {high:g}], got {value}")
-    if cfg.seed is not None and not 0 <= cfg.seed < 2**32:
-        raise PipelineError(f"--seed must be in 0..{2**32 - 1}, got {cfg.seed}")
+    if cfg.seed is not None and not 0 <= cfg.seed < SEED_SPACE:
+        raise PipelineError(f"--seed must be in 0..{SEED_SPACE - 1}, got {cfg.seed}")
     if cfg.tta > 8:
         raise PipelineError(f"--tta must be 1 to 8 views (the square's symmetries), got {cfg.tta}")
     flag_overrides(cfg)  # --hflip/--vflip/--rot90 values, one line each

@@ -47,9 +47,7 @@ class LeafData:
 def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:
     """The folder to read and where it came from: given, local, kaggle or synthetic."""
     if cfg.data_dir is not None:
-        if not cfg.data_dir.strip():
-            raise PipelineError("--data-dir is empty; give a folder, or leave the flag out for the default data")
-        root = Path(cfg.data_dir)
+        root = LEAVES.data_folder(cfg.data_dir)  # an empty path is refused there, for every competition
         if not root.is_dir():
             raise PipelineError(f"--data-dir not found: {root}")
         return root, "given"

@@ -17,8 +17,8 @@ with ``image``). Without ``--data-dir`` it uses ``data/classify-leaves/``, else 
 credentials are set up, else generates a synthetic leaf set (``pipelines.competitions.leaves.leafgen``).
 Under ``torchrun`` every rank trains its shard (DDP) and rank 0 writes all files.
 
-This module is the entry (``run``: the run folder, the data, the fold loop, the TTA choice, the write) and
-re-exports the names other code imports from it. Each step has its own file beside it: the settings and
+This module is the entry (``run``: the run folder, the data, the fold loop, the TTA choice, the write; the
+CLI also reads ``add_arguments`` here). Each step has its own file beside it: the settings and
 flags in ``config.py``, the data and image size in ``data.py``, one fold's training in ``train.py``, the
 flips and turns per fold and the test-time view choice in ``views.py`` (the probe test itself:
 ``features/symmetry.py``), and the submission, figures and run record in ``record.py``.
@@ -38,49 +38,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.competitions.leaves import data as leaf_data  # load_data is looked up there (tests patch it)
-from pipelines.competitions.leaves.config import (  # noqa: F401  (re-exported: the flags, checks and schedule)
-    COMPETITION,
-    CPU_SIZES,
-    EPOCH_RANGE,
-    FLOAT_RANGES,
+from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments: the CLI reads it here)
     LeavesConfig,
     add_arguments,
-    auto_epochs,
     check_config,
     config_from_args,
     say,
 )
-from pipelines.competitions.leaves.data import (  # noqa: F401  (re-exported)
-    DEFAULT_DATA,
-    LeafData,
-    auto_img_size,
-    fit_size_to_model,
-    image_paths,
-    load_data,
-    pretrained_side,
-    read_table,
-    resolve_data_dir,
-    submission_spec,
-)
-from pipelines.competitions.leaves.record import (  # noqa: F401  (re-exported)
-    confusion_figure,
-    curves_figure,
-    epoch_choice,
-    leaves_record,
-    write_leaves_run,
-)
-from pipelines.competitions.leaves.train import (  # noqa: F401  (re-exported)
-    FoldEpochs,
-    FoldLoaders,
-    MixHook,
-    build_trainer,
-    fit_fold,
-    fold_loaders,
-    freeze_early,
-    inner_split,
-    make_loader,
-    probe_of,
-)
+from pipelines.competitions.leaves.data import LeafData
+from pipelines.competitions.leaves.record import write_leaves_run
+from pipelines.competitions.leaves.train import fit_fold
 from pipelines.core.errors import PipelineError
 from pipelines.core.metrics import accuracy  # the competition's metric
 from pipelines.core.records import dumps
