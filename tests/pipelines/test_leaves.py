@@ -332,6 +332,18 @@ def test_gpu_image_size_is_the_backbones_pretrained_size():
     assert auto_img_size(LeavesConfig(model="tf_efficientnet_lite2", img_size=128), [], cuda) == (128, "--img-size")
 
 
+def test_batch_size_follows_the_device_unless_given():
+    """32 on CPU, 128 on CUDA (the bench's batch: a GPU fed 32 at a time idles); ``--batch-size`` always wins,
+    and the resolved size is what a run saves (no GPU needed: only the device type is read)."""
+    import torch
+
+    from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size
+
+    assert auto_batch_size(LeavesConfig(), torch.device("cpu")).batch_size == 32
+    assert auto_batch_size(LeavesConfig(), torch.device("cuda")).batch_size == 128
+    assert auto_batch_size(LeavesConfig(batch_size=48), torch.device("cuda")).batch_size == 48
+
+
 def test_classes_that_are_flips_and_turns_of_each_other_train_without_them(tmp_path, capsys):
     """Arrows pointing four ways: a run that flipped or turned its training images would confuse them in pairs
     (the out-of-fold confusion matrix of the old defaults: left/right and up/down never told apart). The run

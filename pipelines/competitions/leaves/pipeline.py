@@ -41,6 +41,7 @@ from pipelines.competitions.leaves import data as leaf_data  # load_data is look
 from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments: the CLI reads it here)
     LeavesConfig,
     add_arguments,
+    auto_batch_size,
     check_config,
     config_from_args,
     say,
@@ -125,6 +126,7 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
     check_config(cfg)
     set_seed(cfg.seed)
     device = default_device()
+    cfg = auto_batch_size(cfg, device)  # resolved before config.json is saved: a resume keeps it
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
@@ -137,7 +139,7 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
             with atomic_write(run_dir / name) as fh:  # whole or absent (a resume trusts config.json)
                 fh.write(dumps(content))
     say(f"{len(data.train)} train / {len(data.test)} test images, {len(data.classes)} classes, "
-        f"{data.img_size} px, {cfg.model} on {device} x{world()[1]}; run {run_dir}")
+        f"{data.img_size} px, batch {cfg.batch_size}, {cfg.model} on {device} x{world()[1]}; run {run_dir}")
     return cfg, run_dir, device, data, weights
 
 

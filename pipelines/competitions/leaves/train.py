@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pipelines.competitions.leaves.config import LeavesConfig, auto_epochs, say
+from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size, auto_epochs, say
 from pipelines.core.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     from models import create_model, get_classifier, input_stats
     from pipelines.core.training import Trainer, warmup_cosine
 
+    cfg = auto_batch_size(cfg, device)
     model = create_model(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
                          zero_head=bool(cfg.pretrained or cfg.pretrained_file))
     if cfg.pretrained or cfg.pretrained_file:
@@ -152,6 +153,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     from pipelines.core.distributed import barrier
     from pipelines.core.seed import seed32, set_seed
 
+    cfg = auto_batch_size(cfg, device)  # resolved already by a run; a tuner's trial config may leave it out
     fold_seed = seed32(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
     symmetry, symmetry_record = fold_symmetry(cfg, probe_of(cfg, data, device), data.y, np.asarray(train_idx),
                                               fold_seed)
