@@ -14,7 +14,10 @@ COMPETITION ?= house-prices
 TRIALS      ?= 20
 WORKERS     ?= 1
 PG_PORT     ?= 55432
-USER_VARS := PYTHON VENV FILE MESSAGE RUNS ARGS MODELS WEIGHTS COMPETITION TRIALS WORKERS PG_PORT
+PORT        ?=
+STUDY       ?=
+STORAGE     ?=
+USER_VARS := PYTHON VENV FILE MESSAGE RUNS ARGS MODELS WEIGHTS COMPETITION TRIALS WORKERS PG_PORT PORT STUDY STORAGE
 raw = $(foreach v,$(1),$(eval override $(v) := $$(value $(v))))
 $(call raw,$(USER_VARS))
 override PY    := $(VENV)/bin/python
@@ -67,7 +70,8 @@ sys.exit(subprocess.call([sys.executable, "-m", "pipelines", "blend", *runs, "--
 endef
 
 .DEFAULT_GOAL := help
-.PHONY: help setup house-prices leaves leaves-ensemble tune postgres submit runs blend test lint bench bench-real clean
+.PHONY: help setup house-prices leaves leaves-ensemble tune postgres submit runs blend mlflow-ui dashboard test lint \
+        bench bench-real clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -104,6 +108,13 @@ blend: $(STAMP)  ## blend runs on their OOF predictions: make blend RUNS="<run> 
 
 tune: $(STAMP)  ## Optuna study, resumable (COMPETITION=house-prices|leaves TRIALS=20 WORKERS=1 ARGS="--best")
 	"$$PY" -c "$$WORDS" "$$PY" -m pipelines tune "$$COMPETITION" --trials "$$TRIALS" --workers "$$WORKERS" @ARGS
+
+mlflow-ui: $(STAMP)  ## MLflow UI on 127.0.0.1:PORT (5000) on MLFLOW_TRACKING_URI, else runs/mlflow.db; prints its URL
+	@"$$PY" -m pipelines.core.dashboards mlflow-ui --port "$${PORT:-5000}"
+
+dashboard: $(STAMP)  ## optuna-dashboard on 127.0.0.1:PORT (8080): make dashboard STUDY=<study> [STORAGE=postgresql://...]
+	@test -n "$$STUDY$$STORAGE" || { echo 'usage: make dashboard STUDY=<study> [STORAGE=sqlite:///...|postgresql://...] [PORT=8080]'; exit 2; }
+	@PIPELINES_TUNE_STORAGE="$${STORAGE:-$$PIPELINES_TUNE_STORAGE}" "$$PY" -m pipelines.core.dashboards optuna --study "$$STUDY" --port "$${PORT:-8080}"
 
 postgres: $(STAMP)  ## local PostgreSQL for tuning studies (runs/postgres, PG_PORT=55432); prints its URL
 	.ci/postgres install

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 
 from pipelines.core.seed import SEED_SPACE
+from pipelines.core.tracking import MlflowFlag
 
 SEED_MAX = SEED_SPACE - 1  # numpy's (and sklearn's) seed range is 0..2**32-1
 
@@ -78,6 +79,9 @@ def common_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parent.add_argument("--seed", type=seed_int, help=f"seed for folds, models and augmentation (0..{SEED_MAX})")
     parent.add_argument("--out-dir", help="where runs are written (default: submissions)")
     parent.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    parent.add_argument("--mlflow", action=MlflowFlag,
+                        help="mirror the run into MLflow (submit: its public score; runs: every run): "
+                             "$MLFLOW_TRACKING_URI, else sqlite RUNS_DIR/mlflow.db (docs/tracking.md)")
     if defaults:
         parent.set_defaults(seed=0, out_dir="submissions")
     return parent

@@ -30,17 +30,21 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines.commands.runs import Run, find_run, models_label
 from pipelines.competitions import get_competition
-from pipelines.core import blending, metrics
+from pipelines.core import blending, metrics, tracking
 from pipelines.core.competition import BlendSpec
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import RunRecord
 from pipelines.core.tables import read_csv
+
+if TYPE_CHECKING:
+    from submissions.writer import RunFiles
 
 
 def _read(path, what: str, required=(), numeric=(), dtype=None, to_space=None) -> pd.DataFrame:
@@ -420,10 +424,13 @@ def run(args: argparse.Namespace) -> int:
     runs = every_or_error(args.runs, lambda ref: find_run(ref, args.out_dir), "the runs named")
     check_compatible(runs)
     check_writable_dir(Path(args.out_dir) / runs[0].competition)  # before the blending work, not after
-    return BLENDERS[get_competition(runs[0].competition).blend.kind](runs, args, start)
+    files = BLENDERS[get_competition(runs[0].competition).blend.kind](runs, args, start)
+    print(f"submission: {files.submission}")
+    tracking.mirror_run(args, files)  # --mlflow: after the files are written
+    return 0
 
 
-def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> int:
+def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> RunFiles:
     """Blend regression runs, print every input's CV beside the blend's (and, under ``fit``, equal weights'),
     write the blend."""
     competition = get_competition(runs[0].competition)
@@ -448,12 +455,10 @@ def run_regression(runs: list[Run], args: argparse.Namespace, start: float) -> i
     if out["cv_mean"] > best:
         best_run = min(out["inputs"], key=lambda i: i["cv_mean"])["run"]
         print(f"note: the blend does not beat {best_run} on CV; submitting that run is as good")
-    files = write_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
-    print(f"submission: {files.submission}")
-    return 0
+    return write_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
 
 
-def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
+def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> RunFiles:
     """Blend leaves runs, print every input's CV beside the blend's (and, under ``fit``, equal weights'),
     write the blend."""
     out = blend_leaves(runs, args.weights)
@@ -476,9 +481,7 @@ def run_leaves(runs: list[Run], args: argparse.Namespace, start: float) -> int:
         line(EQUAL_LABEL, 1 / len(runs), out["equal"], f"{gain:+.4f} vs the fitted blend")
     if out["cv_mean"] < best["cv_mean"]:
         print(f"note: the blend does not beat {best['run']} on CV accuracy; submitting that run is as good")
-    files = write_leaves_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
-    print(f"submission: {files.submission}")
-    return 0
+    return write_leaves_blend(runs, out, args.out_dir, args.seed, time.perf_counter() - start)
 
 
 def weights_help(mode: str, loss: str) -> str:

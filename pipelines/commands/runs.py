@@ -2,7 +2,14 @@
 
 The run records are the only source: a run is a ``<stem>.json`` written by ``submissions.writer.write_run``
 beside its ``<stem>.csv``. The table is printed and also written as CSV (a derived view, regenerated on
-every call, so it is the one file under ``out_dir`` that is overwritten).
+every call, so it is the one file under ``out_dir`` that is overwritten, with ``--plot``'s figure).
+
+``--plot`` draws each submitted run's CV against its public score (the last one ``submit`` recorded) with
+their rank correlation: whether the CV orders runs as the leaderboard does, i.e. whether it can be trusted
+to choose between them. Runs without a public score are listed by their table number, not plotted.
+
+``--mlflow`` mirrors every run listed into the MLflow store (``core.tracking``): runs made before tracking was
+on, or whose mirror failed, catch up; those already there gain only their new public scores.
 """
 
 from __future__ import annotations
@@ -251,6 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one competition folder under --out-dir (default: every competition found)")
     parser.add_argument("--csv", default=None,
                         help="where to write the CSV ('-' for stdout; default <out-dir>/<competition>/runs.csv)")
+    parser.add_argument("--plot", action="store_true",
+                        help="also draw each submitted run's CV against its public score, with their rank "
+                             "correlation (PNG beside the CSV: runs_cv_vs_public.png)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,8 +296,11 @@ def run(args: argparse.Namespace) -> int:
         except PipelineError:
             metric, greater = runs[0].record.metric, False
         rows = leaderboard(runs, greater)
+        default_csv = out_dir / name / "runs.csv"
         if args.csv == "-":
             write_csv(rows, None)
+            if args.plot:
+                print(plot_line(rows, metric, default_csv), file=sys.stderr)
             continue
         if i:
             print()
@@ -295,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {len(rows)} runs{f' ({incomplete} incomplete, ranked last)' if incomplete else ''}, "
               f"best {'highest' if greater else 'lowest'} {metric} first")
         print(format_table(rows, metric))
-        csv_path = Path(args.csv) if args.csv else out_dir / name / "runs.csv"
+        csv_path = Path(args.csv) if args.csv else default_csv
         try:
             write_csv(rows, csv_path)
         except OSError as err:
@@ -303,4 +316,67 @@ def run(args: argparse.Namespace) -> int:
                   f"({err.strerror or type(err).__name__}); pass --csv PATH or --csv -", file=sys.stderr)
         else:
             print(f"csv: {csv_path}")
+        if args.plot:
+            print(plot_line(rows, metric, csv_path))
+    from pipelines.core.tracking import mirror_all
+
+    line = mirror_all(args, [r.path for runs in groups.values() for r in runs])  # --mlflow: catch up every run
+    if line:
+        print(line, file=sys.stderr if args.csv == "-" else sys.stdout)
     return 0
+
+
+# --------------------------------------------------------------------------------------- CV vs public
+def submitted(rows: list[dict]) -> tuple[list[int], list[int]]:
+    """Table indexes of the rows with a public score and a CV (plotted), and of the others (listed)."""
+    scored = [i for i, r in enumerate(rows) if r["public_score"] is not None and math.isfinite(r["cv_mean"])]
+    return scored, [i for i in range(len(rows)) if i not in scored]
+
+
+def rank_correlation(cv: list[float], public: list[float]) -> float | None:
+    """Spearman's rank correlation of CV and public score; ``None`` under 3 runs or when either is constant."""
+    from scipy.stats import spearmanr
+
+    if len(cv) < 3 or len(set(cv)) < 2 or len(set(public)) < 2:
+        return None
+    return float(spearmanr(cv, public).statistic)
+
+
+def plot_cv_vs_public(rows: list[dict], metric: str, path: Path) -> float | None:
+    """The figure at ``path`` (replaced atomically): one point per submitted run, labelled with its table
+    number, the line public = CV, and the rank correlation in the title. Returns the correlation."""
+    from pipelines.core.plots import pyplot
+
+    plt = pyplot()
+    scored, _ = submitted(rows)
+    cv, public = [rows[i]["cv_mean"] for i in scored], [float(rows[i]["public_score"]) for i in scored]
+    rho = rank_correlation(cv, public)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.scatter(cv, public, zorder=3)
+    for i, x, y in zip(scored, cv, public, strict=True):
+        ax.annotate(f"#{i + 1} {rows[i]['preset']}", (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    low, high = min(cv + public), max(cv + public)
+    ax.plot([low, high], [low, high], ls="--", lw=1, color="grey", label="public = CV")
+    ax.set_xlabel(f"CV {metric}")
+    ax.set_ylabel(f"public leaderboard {metric}")
+    corr = f"{rho:.2f}" if rho is not None else "n/a (needs 3 runs with distinct scores)"
+    ax.set_title(f"{len(scored)} submitted runs: Spearman rank correlation {corr}", fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
+    plt.close(fig)
+    return rho
+
+
+def plot_line(rows: list[dict], metric: str, csv_path: Path) -> str:
+    """Draw the figure beside ``csv_path`` (when a run has a public score) and say where, what, and which
+    runs were left out."""
+    scored, others = submitted(rows)
+    left = f"; not plotted, no public score: {', '.join(f'#{i + 1}' for i in others)}" if others else ""
+    if not scored:
+        return f"plot: none of the {len(rows)} runs has a public score yet (submit --fetch-score), nothing drawn"
+    path = csv_path.with_name(f"{csv_path.stem}_cv_vs_public.png")
+    rho = plot_cv_vs_public(rows, metric, path)
+    corr = f"rank correlation {rho:.2f}" if rho is not None else "rank correlation n/a (fewer than 3 runs)"
+    return f"plot: {path} (CV vs public score of {len(scored)} runs, {corr}{left})"

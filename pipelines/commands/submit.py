@@ -8,7 +8,8 @@ columns and their order, ids equal to the test set's, no NaN/inf, positive price
 Recording: the run record (``<stem>.json``) gains a ``submissions`` list, one entry per send (UTC time,
 message, SHA-256 of the file, Kaggle slug, Kaggle's reference, the credential *method*). The record is
 rewritten atomically (``atomic_write``) and only ever gains fields: every existing key keeps
-its value, which is checked before the replace. Secrets are never part of it.
+its value, which is checked before the replace. Secrets are never part of it. With ``--mlflow`` the record is
+then mirrored (``core.tracking``): a public score read back lands in the run's MLflow run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 
 from pipelines.commands import float_in, positive_float
 from pipelines.commands.runs import Run, read_run
+from pipelines.core import tracking
 from pipelines.core.errors import PipelineError
 from pipelines.core.files import atomic_write, file_digest
 from pipelines.core.kaggle_client import DEFAULT_TIMEOUT, TIMEOUT_ENV
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         scores = fetch_scores(run_.path, slug, creds, 0.0, args.timeout)
         set_scores(run_.path, scores)
         print(f"public scores: {scores or 'none yet'}")
+        tracking.mirror_run(args, run_.path)  # --mlflow: the scores into the run's MLflow run
         return 0
 
     message = args.message or (f"{path.stem} (CV {run_.cv_mean:.5f})" if run_ else path.stem)
@@ -178,4 +181,6 @@ def run(args: argparse.Namespace) -> int:
         set_scores(run_.path, scores)
         score = scores.get(response["ref"])
         print(f"public score: {score if score is not None else f'not ready after {args.wait:.0f}s'}")
+    if run_ is not None:
+        tracking.mirror_run(args, run_.path)  # --mlflow: the run, and its public score when it came back
     return 0

@@ -8,7 +8,8 @@ number of finished trials wanted in the study, so re-running the same command re
 ``--workers K`` starts K processes on the same study (they stop with it: Ctrl-C, SIGTERM, even ``kill -9``);
 workers on other machines join by running the same command with the same ``--storage postgresql://…`` and
 ``--study``. ``--best`` then trains the best trial's configuration and writes a submission through the
-pipeline's normal run path.
+pipeline's normal run path. ``--mlflow`` mirrors the study into MLflow: a parent run for the study, a child run
+per trial (``core.tracking.TrialRuns``), and the ``--best`` run like any other (docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import optuna
 
 from pipelines.commands import common_parser, int_at_least, positive_float
 from pipelines.competitions import Competition, get_competition, list_competitions
-from pipelines.core import tuning
+from pipelines.core import tracking, tuning
 from pipelines.core.errors import PipelineError, Terminated
 
 STORAGE_ENV = "PIPELINES_TUNE_STORAGE"  # the storage URL without putting its password on a command line
@@ -109,7 +110,7 @@ def child_argv(args: argparse.Namespace, index: int) -> list[str]:
             "--out-dir", args.out_dir, "--trials", str(args.trials), "--study", args.study,
             "--pruner", args.pruner, "--runs-dir", args.runs_dir, "--workers", "1", "--worker-index", str(index),
             "--heartbeat-interval", str(args.heartbeat_interval), "--grace-period", str(args.grace_period),
-            "--quiet", "--no-plots"]
+            "--quiet", "--no-plots", *(["--mlflow"] if args.mlflow else [])]
     for flag in ("timeout", "folds", "data_dir"):
         value = getattr(args, flag, None)
         if value is not None:
@@ -125,7 +126,8 @@ def run_workers(args: argparse.Namespace, study: optuna.Study, progress: tuning.
     a ``kill -9`` of this process reaches them through ``tuning.die_with_parent``."""
     # the storage URL travels in the environment, not in argv: a password in argv is visible to every local
     # user through ps and /proc
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args.storage, PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args.storage, PARENT_ENV: str(os.getpid()),
+           **({tracking.PARENT_ENV: "/".join(args.mlflow_parent)} if args.mlflow else {})}
     procs: list[subprocess.Popen] = []
     last = None
     try:
@@ -169,6 +171,46 @@ def summary(study: optuna.Study, n_trials: int) -> str:
         return f"study {study.study_name}: {states}; best {best.value:.5f} (trial {best.number}): {params}"
     except ValueError:
         return f"study {study.study_name}: {states}; no complete trial yet"
+
+
+# -------------------------------------------------------------------------------------------- MLflow
+def mlflow_trials(args: argparse.Namespace, study: optuna.Study) -> tracking.TrialRuns | None:
+    """With ``--mlflow``: the study's MLflow run (the main process finds or makes it, its workers get its id
+    through the environment) and the callback that makes each trial a child run of it; else ``None``."""
+    args.mlflow_parent = None
+    if not args.mlflow:
+        return None
+    competition = get_competition(args.competition)
+    uri = tracking.tracking_uri(args.runs_dir)
+    given = os.environ.get(tracking.PARENT_ENV, "") if args.worker_index else ""
+    try:
+        if given:
+            experiment, parent = given.split("/", 1)
+        else:
+            experiment, parent = tracking.study_run(uri, competition.name, args.study, tuning.mask_url(args.storage),
+                                                    study.user_attrs.get("setup") or {})
+        args.mlflow_parent = (experiment, parent)
+        return tracking.TrialRuns(uri, experiment, parent, competition.metric)
+    except PipelineError:
+        raise
+    except Exception as err:  # noqa: BLE001 - nothing has run yet: one line, no study session
+        raise tracking.store_error(uri, err, f"cannot make the run of study {args.study}") from None
+
+
+def end_mlflow_study(args: argparse.Namespace, study: optuna.Study, plots: dict, status: str = "FINISHED") -> None:
+    """The main process closes the study's MLflow run (best value, plots, status); a store that fails here is
+    one line, after the study itself is saved."""
+    if not getattr(args, "mlflow_parent", None) or args.worker_index:
+        return
+    uri = tracking.tracking_uri(args.runs_dir)
+    try:
+        tracking.end_study_run(uri, args.mlflow_parent[1], study, plots, status)
+    except Exception as err:  # noqa: BLE001
+        if status != "FINISHED":  # the session is already ending in an error of its own: that one is reported
+            return
+        raise tracking.store_error(uri, err, f"study {args.study} not closed in MLflow") from None
+    if status == "FINISHED":
+        print(f"mlflow: study run {args.mlflow_parent[1]} in {tuning.mask_url(uri)}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -282,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
     url = args.storage
     study = open_study(args, objective, url)
     progress = tuning.Progress(args.trials, args.workers, print_fn=lambda s: print(s, flush=True))
+    trial_runs = mlflow_trials(args, study)
+    hooks = [hook for hook in (None if args.quiet else progress, trial_runs) if hook is not None]
     if not args.quiet:
         print(f"study {args.study} on {tuning.mask_url(url)}: {tuning.count(study, tuning.COUNTED)}/{args.trials} "
               f"trials done, pruner {args.pruner}, {args.workers} worker(s)", flush=True)
@@ -290,14 +334,17 @@ def run(args: argparse.Namespace) -> int:
             run_workers(args, study, progress)
         else:
             tuning.run_worker(study, objective, args.trials, timeout=args.timeout,
-                              on_trial_end=None if args.quiet else progress)
+                              on_trial_end=(lambda s, t: [hook(s, t) for hook in hooks]) if hooks else None)
     except KeyboardInterrupt as err:  # a worker stopped with its session: the session says it, in one line
+        end_mlflow_study(args, study, {}, status="KILLED")
         if not args.worker_index:
             raise
         return 128 + signal.SIGTERM.value if isinstance(err, Terminated) else 130
     except PipelineError:
+        end_mlflow_study(args, study, {}, status="FAILED")
         raise
     except Exception as err:
+        end_mlflow_study(args, study, {}, status="FAILED")
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(err, SQLAlchemyError):
@@ -306,10 +353,12 @@ def run(args: argparse.Namespace) -> int:
     if args.worker_index:  # a child: the parent reports
         return 0
     print(summary(study, args.trials), flush=True)
+    plots = {}
     if not args.no_plots:
         plots = tuning.save_plots(study, Path(args.runs_dir) / "tune" / args.study)
         if plots:
             print(f"plots: {', '.join(str(p) for p in plots.values())}", flush=True)
+    end_mlflow_study(args, study, plots)
     if args.best:
         try:
             best = study.best_trial
@@ -321,4 +370,7 @@ def run(args: argparse.Namespace) -> int:
         out = objective.train_best(best.params, record)
         print(f"best trial {best.number} retrained: CV {out['cv_mean']:.5f}")
         print(f"submission: {out['submission']}")
+        tracking.mirror_run(args, out["submission"])  # --mlflow: after the files are written
+    if trial_runs is not None and trial_runs.error is not None:
+        raise trial_runs.error  # the study and its files are complete; its MLflow mirror is not
     return 0

@@ -29,7 +29,7 @@ import pandas as pd
 
 from features.house import d2l_features, is_numeric_column, skipped_features
 from pipelines.competitions.house_prices import COMPETITION, stack_loss
-from pipelines.core import blending, metrics
+from pipelines.core import blending, metrics, tracking
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
 from pipelines.core.files import md5
@@ -597,4 +597,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  each row's mean over the {cfg.repeats} repeats (what --test-pred average submits): "
               f"CV {avg['cv_mean']:.5f}, pooled {avg['cv_pooled']:.5f}")
     print(f"submission: {out['files'].submission}")
+    tracking.mirror_run(args, out["files"])  # --mlflow: after the files are written
     return 0

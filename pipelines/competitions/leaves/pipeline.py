@@ -49,6 +49,7 @@ from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments
 from pipelines.competitions.leaves.data import LeafData
 from pipelines.competitions.leaves.record import write_leaves_run
 from pipelines.competitions.leaves.train import fit_fold
+from pipelines.core import tracking
 from pipelines.core.errors import PipelineError
 from pipelines.core.metrics import accuracy  # the competition's metric
 from pipelines.core.records import dumps
@@ -92,7 +93,7 @@ def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    run_config(cfg)
+    tracking.mirror_run(args, run_config(cfg))  # --mlflow: after the files are written (rank 0's)
     return 0
 
 
