@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.core import tracking
 from pipelines.core.errors import PipelineError
 from pipelines.core.files import atomic_write
 from pipelines.core.records import RunRecord
@@ -318,9 +319,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"csv: {csv_path}")
         if args.plot:
             print(plot_line(rows, metric, csv_path))
-    from pipelines.core.tracking import mirror_all
-
-    line = mirror_all(args, [r.path for runs in groups.values() for r in runs])  # --mlflow: catch up every run
+    line = tracking.mirror_all(args, [r.path for runs in groups.values() for r in runs])  # --mlflow: catch up every run
     if line:
         print(line, file=sys.stderr if args.csv == "-" else sys.stdout)
     return 0

@@ -124,7 +124,8 @@ def test_pretrained_head_starts_at_uniform_loss():
     from pipelines.competitions.leaves.config import LeavesConfig
     from pipelines.competitions.leaves.train import build_trainer
 
-    trainer = build_trainer(LeavesConfig(progress=False), n_classes=4, steps_per_epoch=1, device=torch.device("cpu"))
+    trainer = build_trainer(LeavesConfig(progress=False, batch_size=32), n_classes=4, steps_per_epoch=1,
+                            device=torch.device("cpu"))
     trainer.module.eval()
     logits = trainer.module(torch.rand(2, 3, 64, 64))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3]))

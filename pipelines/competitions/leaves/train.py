@@ -72,7 +72,6 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     from models import create_model, get_classifier, input_stats
     from pipelines.core.training import Trainer, warmup_cosine
 
-    cfg = auto_batch_size(cfg, device)
     model = create_model(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
                          zero_head=bool(cfg.pretrained or cfg.pretrained_file))
     if cfg.pretrained or cfg.pretrained_file:
