@@ -89,14 +89,10 @@ def test_an_unexpected_error_quoting_a_secret_is_masked_in_the_line_and_the_log(
 
 def test_worker_processes_get_the_storage_url_from_the_environment_not_argv(tmp_path):
     """A password in argv is visible to every local user through ps: the workers' command lines hold none."""
-    import argparse
+    from pipelines.__main__ import build_parser
+    from pipelines.commands.tune import STORAGE_ENV, child_argv
 
-    from pipelines.commands.tune import STORAGE_ENV, add_arguments, child_argv
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="subs")
-    add_arguments(parser)
-    args = parser.parse_args(["house-prices", "--storage", f"postgresql://u:{SECRET}@h/db", "--study", "s"])
+    argv = ["tune", "house-prices", "--storage", f"postgresql://u:{SECRET}@h/db", "--study", "s"]
+    args = build_parser(argv).parse_args(argv)  # the real parser: its common flags (--mlflow) included
     argv = child_argv(args, 1)
     assert SECRET not in " ".join(argv) and "--storage" not in argv and STORAGE_ENV == "PIPELINES_TUNE_STORAGE"
