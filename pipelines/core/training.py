@@ -11,6 +11,7 @@ Used by the d2l house-prices preset, the leaves pipeline, the ``models/`` baseli
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -143,6 +144,11 @@ class Trainer:
 
             self.model = DistributedDataParallel(self.module, device_ids=[self.device.index] if cuda else None)
         if compile:
+            from torch import _dynamo
+
+            _dynamo.config.suppress_errors = True  # a kernel that cannot be built runs eagerly (and warns)
+            # inductor's CPU build imports cpp_extension, which warns "No CUDA runtime is found" on every CPU box
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             self.model = torch.compile(self.model)
         self.optimizer, self.loss_fn, self.scheduler, self.grad_clip = optimizer, loss_fn, scheduler, grad_clip
         self.batch_hook, self.ema, self.progress = batch_hook, ema, progress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -343,6 +344,40 @@ def test_batch_size_follows_the_device_unless_given():
     assert auto_batch_size(LeavesConfig(), torch.device("cpu")).batch_size == 32
     assert auto_batch_size(LeavesConfig(), torch.device("cuda")).batch_size == 128
     assert auto_batch_size(LeavesConfig(batch_size=48), torch.device("cuda")).batch_size == 48
+
+
+def test_compile_is_chosen_for_long_cpu_runs_with_a_compiler_unless_a_flag_says():
+    """Compiling costs a fixed first compile: only a CPU run long enough to repay it compiles by default; no C++
+    compiler or a CUDA device means eager; ``--compile``/``--no-compile`` always win (no GPU needed: only the
+    device type is read)."""
+    import torch
+
+    from pipelines.competitions.leaves.config import COMPILE_MIN_IMAGES, LeavesConfig, auto_compile
+
+    cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), LeavesConfig(batch_size=32)
+    big, small = 10 * COMPILE_MIN_IMAGES, 300  # rows: thousands of trained images a fold, or a few
+    assert auto_compile(cfg, cpu, big, compiler="/usr/bin/g++").compile is True
+    assert auto_compile(cfg, cpu, small, compiler="/usr/bin/g++").compile is False
+    assert auto_compile(cfg, cpu, big, compiler=None).compile is False
+    assert auto_compile(cfg, cuda, big, compiler="/usr/bin/g++").compile is False
+    assert auto_compile(LeavesConfig(batch_size=32, compile=False), cpu, big, compiler="g++").compile is False
+    assert auto_compile(LeavesConfig(batch_size=32, compile=True), cpu, small, compiler=None).compile is True
+    one_fold = LeavesConfig(batch_size=32, fold=0, epochs=3)  # --fold k trains a third of a full run
+    n = COMPILE_MIN_IMAGES // 6 + 32  # rows whose full run (3 folds x 3 epochs x 2/3 of the rows) reaches it
+    assert auto_compile(dataclasses.replace(one_fold, fold=None), cpu, n, compiler="g++").compile is True
+    assert auto_compile(one_fold, cpu, n, compiler="g++").compile is False
+
+
+def test_epochs_follow_the_data_size_within_the_pass_range():
+    """About ``steps`` optimizer steps per fold, never more passes than EPOCH_RANGE's top for a small set nor
+    fewer than its bottom for a large one."""
+    from pipelines.competitions.leaves.config import EPOCH_RANGE, auto_epochs
+
+    low, high = EPOCH_RANGE
+    assert auto_epochs(640, 32, steps=300) == high  # 20 steps a pass: capped
+    assert auto_epochs(100_000, 32, steps=300) == low  # 3,125 steps a pass: at least the minimum
+    assert low < auto_epochs(32 * 300 // (low + 1), 32, steps=300) == low + 1 <= high  # in between: steps / pass
+    assert auto_epochs(10, 32, steps=300) == high  # fewer rows than a batch: one step a pass
 
 
 def test_classes_that_are_flips_and_turns_of_each_other_train_without_them(tmp_path, capsys):

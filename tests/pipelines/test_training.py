@@ -96,12 +96,17 @@ def test_cpu_bf16_channels_last_trains_and_repeats_exactly():
 
 
 @pytest.mark.slow
-def test_compile_on_cpu_matches_eager():
+def test_compile_on_cpu_matches_eager(monkeypatch):
+    """The compiled step gives the eager step's weights. The trainer lets a kernel that cannot be built fall back
+    to eager (``suppress_errors``); here a failure must fail, so a silent fallback cannot pass for a match."""
+    from torch import _dynamo
+
     def run(compile: bool):
         torch.manual_seed(0)
         net = _tiny_cnn()
         trainer = Trainer(net, torch.optim.SGD(net.parameters(), 0.1), nn.CrossEntropyLoss(), device="cpu",
                           compile=compile, amp=False)
+        monkeypatch.setattr(_dynamo.config, "suppress_errors", False)
         trainer.fit(_batches(), 1)
         return trainer.module[0].weight.detach().clone()
 

@@ -26,12 +26,17 @@ COMPETITION = LEAVES.name  # registered once, in this package's __init__
 # (the 2-core CPU budget)
 CPU_SIZES = (96, 112)
 # default schedule (``--epochs auto``): about ``--steps`` optimizer steps per fold, within EPOCH_RANGE passes
-# over each training image (docs/leaves.md: chosen on ELPV and the synthetic set)
+# over each training image (docs/leaves.md: chosen on ELPV, the glyph set and the synthetic set: on ELPV 400
+# steps, 10 passes, gave CV 0.768-0.780 against 0.755-0.764 at 300; capping at 6 passes lost 0.01 everywhere)
 EPOCH_RANGE = (3, 10)
 # batch size when --batch-size is not given: 32 on CPU; 128 on CUDA, `make bench`'s batch, so the GPU is fed. On
 # an H200 at 224 px, batch 32 trained at 1,191 img/s (23 % of the loop-only 5,111 at batch 128), batch 128 at
 # 4,355 (85 %), with the same ELPV test accuracy (0.799 at seed 0; docs/leaves.md, "GPU")
 BATCH_SIZES = {"cpu": 32, "cuda": 128}
+# torch.compile (inductor) on CPU: efficientnet-lite0 trained 1.5x faster (165 -> 250 img/s at 96 px on the 2-core
+# CPU) after a first compile of about 50 s that later folds reuse; from about this many trained images a run
+# (folds x epochs x rows) the compile pays for itself (docs/leaves.md, "Compiling on CPU")
+COMPILE_MIN_IMAGES = 25_000
 
 
 @dataclass
@@ -44,7 +49,7 @@ class LeavesConfig:
     pretrained_file: str | None = None
     img_size: int | None = None  # None: 224 on CUDA; on CPU the images' median side within CPU_SIZES
     epochs: int | None = None  # None: from the data size (auto_epochs), resolved and saved before training
-    steps: int = 300  # the automatic schedule's optimizer steps per fold (ignored when epochs is given)
+    steps: int = 400  # the automatic schedule's optimizer steps per fold (ignored when epochs is given)
     batch_size: int | None = None  # None: BATCH_SIZES by device, resolved and saved before training
     lr: float = 1e-3
     head_lr_mult: float = 1.0  # classifier LR / body LR (x10 measured no better once the head starts at zero)
@@ -72,7 +77,7 @@ class LeavesConfig:
     rot90: str = "auto"  # random quarter turns: on, off or auto
     tta: int = 4  # test-time views tried: the identity, then the kept flips and turns; the count kept on OOF
     workers: int = -1  # -1: 0 on small CPUs, else up to 8
-    compile: bool = False
+    compile: bool | None = None  # None: auto_compile (on for a long enough CPU run), resolved before training
     amp: bool = True  # autocast: bf16 on a CPU with hardware bf16 (AVX-512 BF16/AMX), bf16/fp16 on CUDA
     progress: bool = True
     seed: int = 0
@@ -109,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for a CPU "
+      f"run of at least {COMPILE_MIN_IMAGES:,} trained images with a C++ compiler present, else off)")
     a("--no-amp", dest="amp", action="store_false", help="plain fp32 (no bf16/fp16 autocast)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     a("--runs-dir", default=d.runs_dir, help="checkpoints go to RUNS_DIR/leaves/<run> (default runs)")
@@ -179,6 +185,26 @@ def auto_batch_size(cfg: LeavesConfig, device) -> LeavesConfig:
     if cfg.batch_size is not None:
         return cfg
     return dataclasses.replace(cfg, batch_size=BATCH_SIZES["cuda" if device.type == "cuda" else "cpu"])
+
+
+def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None = "auto") -> LeavesConfig:
+    """``cfg`` with ``compile`` resolved when the flag left it out: on for a CPU run whose planned training
+    (folds x epochs x rows per fold) reaches :data:`COMPILE_MIN_IMAGES` and where a C++ compiler can build
+    inductor's kernels (``compiler``: its path, ``auto`` looks for ``$CXX``, g++ or clang++); off on CUDA, where
+    it was not measured. The decision is saved in config.json, so a resumed run keeps it."""
+    if cfg.compile is not None:
+        return cfg
+    if compiler == "auto":
+        import os
+        import shutil
+
+        found = (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)
+        compiler = next((path for path in found if path), None)
+    n_fit = n_train * (cfg.folds - 1) // cfg.folds
+    planned = (1 if cfg.fold is not None else cfg.folds) * n_fit * (cfg.epochs or auto_epochs(n_fit, cfg.batch_size,
+                                                                                               cfg.steps))
+    return dataclasses.replace(cfg, compile=device.type == "cpu" and compiler is not None
+                               and planned >= COMPILE_MIN_IMAGES)
 
 
 def auto_epochs(n_fit: int, batch_size: int, steps: int = LeavesConfig.steps) -> int:

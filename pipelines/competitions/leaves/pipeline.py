@@ -42,6 +42,7 @@ from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments
     LeavesConfig,
     add_arguments,
     auto_batch_size,
+    auto_compile,
     check_config,
     config_from_args,
     say,
@@ -132,6 +133,7 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
         raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
     data = leaf_data.load_data(cfg, device)  # through its module: a test's monkeypatch takes effect
+    cfg = auto_compile(cfg, device, len(data.train))  # likewise saved below
     if is_main_process():
         from pipelines.core.files import atomic_write
 
@@ -140,7 +142,8 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
             with atomic_write(run_dir / name) as fh:  # whole or absent (a resume trusts config.json)
                 fh.write(dumps(content))
     say(f"{len(data.train)} train / {len(data.test)} test images, {len(data.classes)} classes, "
-        f"{data.img_size} px, batch {cfg.batch_size}, {cfg.model} on {device} x{world()[1]}; run {run_dir}")
+        f"{data.img_size} px, batch {cfg.batch_size}, {cfg.model} on {device} x{world()[1]}"
+        f"{', compiled' if cfg.compile else ''}; run {run_dir}")
     return cfg, run_dir, device, data, weights
 
 

@@ -97,7 +97,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     return Trainer(model, optimizer, loss_fn, scheduler=scheduler, device=device, grad_clip=cfg.grad_clip,
                    channels_last=True, amp=cfg.amp, batch_hook=hook, ema=ema, progress=cfg.progress,
-                   compile=cfg.compile)
+                   compile=bool(cfg.compile))
 
 
 def freeze_early(model, groups: int) -> list[str]:
