@@ -40,6 +40,22 @@ def cpu_has_bf16(flags: str | None = None) -> bool:
     return not {"avx512_bf16", "amx_bf16"}.isdisjoint(flags.split())
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would build its CPU kernels with (inductor's own search: ``$CXX``, then
+    g++ and clang++, each run once), or ``None`` when none works: a CPU compile would then fail after tracing."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # an inductor without this helper: it would search the same names
+        import os
+        import shutil
+
+        return next((path for path in map(shutil.which, (os.environ.get("CXX") or "g++", "clang++")) if path), None)
+    try:
+        return get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler: nothing on the path compiles
+        return None
+
+
 def autocast_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
     """The autocast dtype for ``device``, ``None`` for plain fp32.
 

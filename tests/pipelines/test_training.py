@@ -96,6 +96,19 @@ def test_cpu_bf16_channels_last_trains_and_repeats_exactly():
 
 
 @pytest.mark.slow
+def test_cpp_compiler_is_the_one_inductor_would_use_or_none():
+    """A CPU compile needs a working C++ compiler; without one it fails after a minute of tracing, so the
+    leaves default asks first, with inductor's own search (here: one that cannot compile, then the real one)."""
+    import shutil
+
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": (None, "/bin/false")}):  # inductor's own override, undone on exit
+        assert training.cpp_compiler() is None
+    with config.patch({"cpp.cxx": (None, "g++")}):
+        assert (training.cpp_compiler() is not None) == (shutil.which("g++") is not None)
+
+
 def test_compile_on_cpu_matches_eager(monkeypatch):
     """The compiled step gives the eager step's weights. The trainer lets a kernel that cannot be built fall back
     to eager (``suppress_errors``); here a failure must fail, so a silent fallback cannot pass for a match."""

@@ -190,21 +190,21 @@ def auto_batch_size(cfg: LeavesConfig, device) -> LeavesConfig:
 def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None = "auto") -> LeavesConfig:
     """``cfg`` with ``compile`` resolved when the flag left it out: on for a CPU run whose planned training
     (folds x epochs x rows per fold) reaches :data:`COMPILE_MIN_IMAGES` and where a C++ compiler can build
-    inductor's kernels (``compiler``: its path, ``auto`` looks for ``$CXX``, g++ or clang++); off on CUDA, where
-    it was not measured. The decision is saved in config.json, so a resumed run keeps it."""
+    inductor's kernels (``compiler``: its name, ``auto`` asks inductor's own search,
+    :func:`pipelines.core.training.cpp_compiler`); off on CUDA, where it was not measured. The decision is saved
+    in config.json, so a resumed run keeps it."""
     if cfg.compile is not None:
         return cfg
-    if compiler == "auto":
-        import os
-        import shutil
-
-        found = (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++") if c)
-        compiler = next((path for path in found if path), None)
     n_fit = n_train * (cfg.folds - 1) // cfg.folds
     planned = (1 if cfg.fold is not None else cfg.folds) * n_fit * (cfg.epochs or auto_epochs(n_fit, cfg.batch_size,
                                                                                                cfg.steps))
-    return dataclasses.replace(cfg, compile=device.type == "cpu" and compiler is not None
-                               and planned >= COMPILE_MIN_IMAGES)
+    if device.type != "cpu" or planned < COMPILE_MIN_IMAGES:
+        return dataclasses.replace(cfg, compile=False)
+    if compiler == "auto":
+        from pipelines.core.training import cpp_compiler
+
+        compiler = cpp_compiler()
+    return dataclasses.replace(cfg, compile=compiler is not None)
 
 
 def auto_epochs(n_fit: int, batch_size: int, steps: int = LeavesConfig.steps) -> int:
