@@ -14,8 +14,10 @@ def seed32(value: int) -> int:
     return int(value) % SEED_SPACE
 
 
-def set_seed(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; with ``deterministic`` also ask torch for deterministic kernels.
+def set_seed(seed: int, deterministic: bool = True, torch_rng: bool = True) -> None:
+    """Seed Python, NumPy and (unless ``torch_rng`` is False) torch; with ``deterministic`` also ask torch for
+    deterministic kernels. ``torch_rng=False`` is for an entry point whose models draw nothing from torch's global
+    generator (house prices' scikit-learn models; its MLP seeds its own): it then never imports torch (about 1 s).
 
     Where bit-identity holds: on CPU a seed fixes every result (the tests check a killed and resumed run
     against an uninterrupted one, byte for byte). On CUDA the deterministic kernels are used where torch has
@@ -28,6 +30,8 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
+    if not torch_rng:
+        return
     import torch
 
     torch.manual_seed(seed)

@@ -316,3 +316,29 @@ def test_the_nested_benchmark_scores_real_submissions_on_rows_their_run_never_sa
     assert len(out["fold_scores"]) == 2 and len(out["inner_cv"]) == 2
     assert out["pooled_without_outliers"] < out["pooled"] < 0.2
     assert abs(out["mean"] - np.mean(out["inner_cv"])) < 0.03
+
+
+@pytest.mark.parametrize("preset", ["strong", "d2l"])
+def test_only_the_d2l_preset_seeds_and_imports_torch(tmp_path, monkeypatch, preset):
+    """The scikit-learn presets draw nothing from torch's generator (the MLP seeds its own), so a run never imports
+    torch for its seed (about 1 s of a 15 s ``--fast`` run); d2l's linear net does draw from it."""
+    import subprocess
+    import sys
+
+    from pipelines.competitions.house_prices import pipeline
+
+    asked = []
+
+    def record(seed, **kw):
+        asked.append(kw.get("torch_rng", True))
+        raise KeyboardInterrupt  # stop the run here: only the call is under test
+
+    monkeypatch.setattr(pipeline, "set_seed", record)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, preset=preset)
+    assert asked == [preset == "d2l"]
+    if preset == "strong":  # and seeding without torch's generator leaves torch unimported
+        code = ("import sys; from pipelines.core.seed import set_seed; set_seed(0, torch_rng=False); "
+                "print('torch' in sys.modules)")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert run.stdout == "False\n"
