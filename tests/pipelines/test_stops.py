@@ -144,8 +144,8 @@ def test_a_stopped_tune_session_terminates_its_workers(monkeypatch):
     monkeypatch.setattr(tune, "time", types.SimpleNamespace(sleep=lambda s: None, monotonic=time.monotonic))
     try:
         with pytest.raises(Terminated):
-            tune.run_workers(types.SimpleNamespace(workers=2, storage="sqlite:///s.db", mlflow=False), None,
-                                 Stopped())
+            args = types.SimpleNamespace(workers=2, storage="sqlite:///s.db", mlflow=False)
+            tune.run_workers(args, None, Stopped())
         assert [p.returncode for p, _ in started] == [-signal.SIGTERM] * 2
         assert all(env[tune.PARENT_ENV] == str(os.getpid()) for _, env in started)
     finally:

@@ -95,7 +95,6 @@ def test_cpu_bf16_channels_last_trains_and_repeats_exactly():
     assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
 
 
-@pytest.mark.slow
 def test_cpp_compiler_is_the_one_inductor_would_use_or_none():
     """A CPU compile needs a working C++ compiler; without one it fails after a minute of tracing, so the
     leaves default asks first, with inductor's own search (here: one that cannot compile, then the real one)."""
@@ -109,6 +108,7 @@ def test_cpp_compiler_is_the_one_inductor_would_use_or_none():
         assert (training.cpp_compiler() is not None) == (shutil.which("g++") is not None)
 
 
+@pytest.mark.slow
 def test_compile_on_cpu_matches_eager(monkeypatch):
     """The compiled step gives the eager step's weights. The trainer lets a kernel that cannot be built fall back
     to eager (``suppress_errors``); here a failure must fail, so a silent fallback cannot pass for a match."""

@@ -34,7 +34,7 @@ EPOCH_RANGE = (3, 10)
 # 4,355 (85 %), with the same ELPV test accuracy (0.799 at seed 0; docs/leaves.md, "GPU")
 BATCH_SIZES = {"cpu": 32, "cuda": 128}
 # torch.compile (inductor) on CPU: efficientnet-lite0 trained 1.5x faster (165 -> 250 img/s at 96 px on the 2-core
-# CPU) after a first compile of about 50 s that later folds reuse; from about this many trained images a run
+# CPU) after a first compile of about 46 s that later folds reuse; from about this many trained images a run
 # (folds x epochs x rows) the compile pays for itself (docs/leaves.md, "Compiling on CPU")
 COMPILE_MIN_IMAGES = 25_000
 
