@@ -28,10 +28,13 @@ class HousePricesObjective:
     direction = "minimize"
 
     def __init__(self, args: argparse.Namespace):
-        from pipelines.competitions.house_prices.estimators import model_names
+        from pipelines.competitions.house_prices.estimators import SEARCH_SPACES, model_names
         from pipelines.competitions.house_prices.pipeline import HousePricesConfig
+        from pipelines.core.errors import PipelineError
 
         models = model_names(args.models.split(",") if args.models else None)
+        if untunable := [m for m in models if m not in SEARCH_SPACES]:
+            raise PipelineError(f"no search space for {', '.join(untunable)}: tune {', '.join(SEARCH_SPACES)}")
         self.base = HousePricesConfig(preset="strong", folds=args.folds or 5, seed=args.seed, data_dir=args.data_dir,
                                       out_dir=args.out_dir, models=models, progress=False)
         # per-fold preprocessing depends only on data and folds: shared by every trial (and study) in a process

@@ -30,6 +30,7 @@ import pandas as pd
 from features.house import d2l_features, is_numeric_column, skipped_features
 from pipelines.competitions.house_prices import COMPETITION, stack_loss
 from pipelines.core import blending, metrics, tracking
+from pipelines.core.budget import OverBudget, TimeBudget
 from pipelines.core.cv import CVResult, cross_validate, make_repeated_folds
 from pipelines.core.errors import PipelineError
 from pipelines.core.files import md5
@@ -41,7 +42,7 @@ from submissions.writer import SubmissionSpec, check_writable_dir, write_run
 NAME, KAGGLE_SLUG, DEFAULT_DIR = COMPETITION.name, COMPETITION.kaggle_slug, COMPETITION.default_data  # registered once
 ID, TARGET = "Id", "SalePrice"
 SHIPPED_MD5 = {"train.csv": "80ccab65fb115cbad143dbbd2bcd5577", "test.csv": "dcec4b79bf9c7317bd9e17789bf888f0"}
-PRESETS = ("d2l", "strong")
+PRESETS = ("d2l", "strong", "best")
 # the lowest SalePrice accepted: the metric clamps every prediction below 1 to 1 (a log of 0), so a lower price
 # can never be predicted and its log would pull every fit (0.001 is -6.9 in log price, the shipped houses
 # 10.5..13.5). The upper side is ``tables.MAX_ABS`` (1e12), refused in every numeric column. The shipped prices
@@ -51,12 +52,14 @@ MIN_PRICE = 1.0
 OUTLIER_COLUMNS = ("GrLivArea",)
 # leave the two documented outliers out of fitting? d2l: no (the book fits every row); strong: the smooth
 # models only (None), chosen on the all-rows repeated CV (docs/house-prices.md)
-DROP_OUTLIERS_DEFAULT: dict[str, bool | None] = {"d2l": False, "strong": None}
+DROP_OUTLIERS_DEFAULT: dict[str, bool | None] = {"d2l": False, "strong": None, "best": None}
 # the extrapolation guard (``guard``): a row on which the extrapolating and the bounded models disagree by more
 # than this in log price (a factor of 1.65) gets the bounded models' price. On 8 repeats of 5-fold CV it moved
 # one row, outlier Id 1299 when Id 524 was in training, each time for the better; on the test set it moves one
 # house, Id 2550, a huge partial sale like them (docs/house-prices.md)
 GUARD_LOG_GAP = 0.5
+# ``--preset best`` stays within AutoGluon best_quality's 15 minutes unless ``--time-limit`` says otherwise
+BEST_TIME_LIMIT = 900.0
 
 
 @dataclass
@@ -72,6 +75,7 @@ class HousePricesConfig:
     models: list[str] | None = None  # strong: models of the zoo (default: DEFAULT_MODELS, or FAST_MODELS if fast)
     fast: bool = False  # strong: the quick model set (FAST_MODELS)
     params: dict[str, dict] = field(default_factory=dict)  # strong: per-model hyperparameter overrides
+    time_limit: float | None = None  # seconds: stop adding models once the next would overrun (``TimeBudget``)
     progress: bool = True
     extra_record: dict = field(default_factory=dict)  # merged into the run record (e.g. tuning study/trial)
 
@@ -143,7 +147,7 @@ def check_prices(price: pd.Series, path: Path) -> None:
 def skipped(cfg: HousePricesConfig, train: pd.DataFrame) -> dict[str, list[str]]:
     """What the data's missing columns switch off: each engineered feature the strong preset skips, and the
     documented-outlier rule; name -> the columns it lacks (empty on the shipped data)."""
-    out = skipped_features(train.columns) if cfg.preset == "strong" else {}
+    out = skipped_features(train.columns) if cfg.preset != "d2l" else {}
     lacking = [c for c in OUTLIER_COLUMNS if c not in train]
     return {**out, "documented outliers": lacking} if lacking else out
 
@@ -223,17 +227,21 @@ def run_d2l(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: Hou
 
 def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: HousePricesConfig,
                outliers: np.ndarray | None = None, *, on_fold_end: FoldHook | None = None,
-               feature_cache: dict | None = None) -> dict[str, list[CVResult]]:
+               feature_cache: dict | None = None, budget: TimeBudget | None = None) -> dict[str, list[CVResult]]:
     """Fit every strong model on the same folds; the preprocessing is fitted once per fold, on its rows.
 
     ``outliers`` marks the rows that the models in ``fitted_without_outliers(cfg)`` are not fitted on.
 
     ``feature_cache`` keeps the per-fold matrices across calls on the same data and folds (a tuner's
     trials only change model parameters, so the preprocessing need not be refitted every trial).
-    """
-    from pipelines.competitions.house_prices.estimators import FAST_MODELS, make_model, make_preprocessor, model_names
 
-    names = model_names(cfg.models or (list(FAST_MODELS) if cfg.fast else None))
+    ``budget`` (``--time-limit``) drops the models, after the first, that would end past its deadline; their
+    names and why are in ``budget.skipped``, and the results hold only the models fitted in full.
+    """
+    from pipelines.competitions.house_prices.estimators import BEST_PARAMS, make_model, make_preprocessor
+
+    names = preset_models(cfg)
+    budget = budget or TimeBudget(None)
     dropping = fitted_without_outliers(cfg, names)
     X, X_test = train.drop(columns=[ID, TARGET]), test.drop(columns=[ID])
     price = train[TARGET].to_numpy()
@@ -249,7 +257,7 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
 
     results = {}
     for name in names:
-        params = cfg.params.get(name, {})
+        params = {**(BEST_PARAMS.get(name, {}) if cfg.preset == "best" else {}), **cfg.params.get(name, {})}
 
         def fit_predict(tr, va, r, k, name=name, params=params):
             Xtr, Xva, Xte = features((r, k), tr, X.iloc[va], X_test)
@@ -260,12 +268,34 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
             Xtr, Xte = features("refit", idx, X_test)
             return make_model(name, cfg.seed, **params).fit(Xtr, y[idx]).predict(Xte)
 
-        results[name] = cv_repeats(
-            fit_predict, folds, price, log1p_score, fit_mask=~outliers if name in dropping else None,
-            refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
-            on_fold_end=None if on_fold_end is None else (lambda step, mean, name=name: on_fold_end(name, step, mean)),
-        )
+        first = not results
+        if not budget.admit(name, first):
+            continue
+        fits = len(folds) * len(np.unique(folds[0])) + (cfg.test_pred == "refit")  # every fold's fit, the refit
+        model_start = time.perf_counter()
+
+        def fold_end(step, mean, name=name, first=first, fits=fits, model_start=model_start):
+            budget.check(name, step + 1, fits, model_start, first)
+            if on_fold_end is not None:
+                on_fold_end(name, step, mean)
+
+        try:
+            results[name] = cv_repeats(
+                fit_predict, folds, price, log1p_score, fit_mask=~outliers if name in dropping else None,
+                refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
+                on_fold_end=fold_end)
+        except OverBudget:
+            continue
     return results
+
+
+def preset_models(cfg: HousePricesConfig) -> list[str]:
+    """The models a strong or best run fits, in order: ``--models``, else the preset's (``--fast``: the quick
+    set), checked against the zoo."""
+    from pipelines.competitions.house_prices.estimators import BEST_MODELS, FAST_MODELS, model_names
+
+    default = list(BEST_MODELS) if cfg.preset == "best" else list(FAST_MODELS) if cfg.fast else None
+    return model_names(cfg.models or default)
 
 
 def log1p_score(price: np.ndarray, log1p_pred: np.ndarray) -> float:
@@ -300,23 +330,33 @@ def run_pipeline(cfg: HousePricesConfig, *, write: bool = True, on_fold_end: Fol
     check_run_config(cfg, write)
     set_seed(cfg.seed, torch_rng=cfg.preset == "d2l")  # d2l's linear net draws its weights from torch's generator
     start = time.perf_counter()
+    budget = TimeBudget(time_limit(cfg), start)
     train, test = load(cfg.data_dir)
     folds = make_repeated_folds(np.log(train[TARGET].to_numpy()), cfg.folds, cfg.repeats, "binned", cfg.seed)
     outliers = outlier_mask(train)
     skips = skipped(cfg, train)
-    cv = cv_models(cfg, train, test, folds, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
+    cv = cv_models(cfg, train, test, folds, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache,
+                   budget=budget)
     stack = fit_stack(cv.log_oof, np.log(train[TARGET].to_numpy()), folds, bounded=bounded_models(cv.names),
                       log_test=cv.log_test)
-    summary = {**summarise(cfg, train, test, cv, stack, folds, outliers, start), "skipped": skips}
+    summary = {**summarise(cfg, train, test, cv, stack, folds, outliers, start), "skipped": skips,
+               "time_limit": {"seconds": budget.seconds, "fitted": cv.names, "skipped": budget.skipped}}
     if not write:
         return summary
     return {**summary, "files": write_house_run(cfg, train, test, cv, stack, summary, folds, outliers)}
+
+
+def time_limit(cfg: HousePricesConfig) -> float | None:
+    """``--time-limit``, else the preset's: ``best`` keeps within ``BEST_TIME_LIMIT``, the others have none."""
+    return cfg.time_limit if cfg.time_limit is not None else BEST_TIME_LIMIT if cfg.preset == "best" else None
 
 
 def check_run_config(cfg: HousePricesConfig, write: bool) -> None:
     """Refuse an unknown preset or ``--test-pred``, and an out-dir that cannot be written, before any work."""
     if cfg.preset not in PRESETS:
         raise PipelineError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    if cfg.fast and cfg.preset != "strong":
+        raise PipelineError(f"--fast is the strong preset's quick model set; it does not go with --preset {cfg.preset}")
     if cfg.test_pred not in ("refit", "average"):
         raise PipelineError(f"--test-pred must be 'refit' or 'average', got {cfg.test_pred!r}")
     if write:
@@ -335,13 +375,14 @@ class ModelsCV:
 
 def cv_models(cfg: HousePricesConfig, train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray,
               outliers: np.ndarray, *, on_fold_end: FoldHook | None = None,
-              feature_cache: dict | None = None) -> ModelsCV:
-    """Run the preset's models on ``folds`` (d2l: the book's linear net; strong: the zoo) in log price."""
+              feature_cache: dict | None = None, budget: TimeBudget | None = None) -> ModelsCV:
+    """Run the preset's models on ``folds`` (d2l: the book's linear net; strong, best: the zoo) in log price."""
     if cfg.preset == "d2l":
         results = run_d2l(train, test, folds, cfg, ~outliers if fitted_without_outliers(cfg, ["linear"]) else None)
         to_price = lambda a: a  # noqa: E731 - d2l predicts the price itself
     else:
-        results = run_strong(train, test, folds, cfg, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache)
+        results = run_strong(train, test, folds, cfg, outliers, on_fold_end=on_fold_end, feature_cache=feature_cache,
+                             budget=budget)
         to_price = np.expm1
     names = list(results)
     log_oof = np.stack([np.column_stack([_log(to_price(results[n][r].oof)) for n in names])
@@ -417,6 +458,7 @@ def house_record(cfg: HousePricesConfig, train: pd.DataFrame, stack: dict, summa
         "blend_weights": summary["weights"],
         "guard": summary["guarded"],
         "skipped_for_missing_columns": summary["skipped"],
+        "time_limit": summary["time_limit"],
         "models": summary["models"],
         **cfg.extra_record,
     }
@@ -541,7 +583,8 @@ def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarr
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=PRESETS, default="strong")
+    parser.add_argument("--preset", choices=PRESETS, default="strong",
+                        help="strong (default, under a minute), best (more models, minutes), d2l (the book's recipe)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1,
                         help="repeated K-fold: score on this many independent splits (fold seeds seed..seed+R-1)")
@@ -557,14 +600,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "default: strong fits its smooth models (linear, kernel, k-NN, MLP) without them")
     outl.add_argument("--keep-outliers", dest="drop_outliers", action="store_false",
                       help="fit every model on every row (d2l's default)")
+    parser.add_argument("--time-limit", type=positive_seconds, default=None, metavar="S",
+                        help="stop adding models once the next would end past S seconds (the first is always "
+                             "fitted); the run names the models it skipped")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def positive_seconds(text: str) -> float:
+    """``--time-limit``'s value: a positive number of seconds (argparse turns the error into one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> HousePricesConfig:
     return HousePricesConfig(
         preset=args.preset, folds=args.folds, repeats=args.repeats, seed=args.seed, data_dir=args.data_dir,
         out_dir=args.out_dir, test_pred=args.test_pred, models=args.models.split(",") if args.models else None,
-        drop_outliers=args.drop_outliers, fast=args.fast, progress=not args.no_progress,
+        drop_outliers=args.drop_outliers, fast=args.fast, progress=not args.no_progress, time_limit=args.time_limit,
     )
 
 
@@ -581,6 +638,10 @@ def run(args: argparse.Namespace) -> int:
     without = ", ".join(out["fitted_without_outliers"]) or "none"
     print(f"outliers ({out['outlier_policy']}; fitted without them: {without}): OOF log errors {errors}; "
           f"CV with them unscored {out['cv_excluding_outliers']:.5f} (comparison only)")
+    limit = out["time_limit"]
+    if limit["skipped"]:
+        print(f"time limit {limit['seconds']:g} s: skipped " + "; ".join(f"{n} ({why})" for n, why in
+                                                                   limit["skipped"].items()))
     moved = out["guarded"]
     if moved["oof_ids"] or moved["test_ids"]:
         print(f"extrapolation guard (models apart by > {moved['gap']} in log price: the trees' and k-NN's price): "
