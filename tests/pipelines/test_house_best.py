@@ -78,18 +78,19 @@ def test_best_keeps_within_its_own_time_limit_unless_told_otherwise():
     assert time_limit(HousePricesConfig(preset="strong")) is None
 
 
-@pytest.mark.parametrize("missing", ["xgboost", "tabpfn", "weights"])
+@pytest.mark.parametrize("missing", ["xgboost", "pytabkit", "tabpfn", "weights"])
 def test_an_optional_model_that_cannot_load_is_refused_before_any_fit(missing, tmp_path, monkeypatch):
-    """XGBoost and TabPFN are optional; TabPFN takes local weights only (``TABPFN_MODEL_PATH``), never a download.
-    Either missing stops the run before its first model is fitted, not after the models listed before it."""
+    """XGBoost, pytabkit (RealMLP, TabM) and TabPFN are optional; TabPFN takes local weights only
+    (``TABPFN_MODEL_PATH``), never a download.
+    Any of them missing stops the run before its first model is fitted, not after the models listed before it."""
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == missing else object() if name == "tabpfn" else real(name, *a))
     monkeypatch.setenv("TABPFN_MODEL_PATH", str(tmp_path / "no-such.ckpt"))
-    model = "xgb" if missing == "xgboost" else "tabpfn"
-    message = {"xgboost": "pip install xgboost-cpu", "tabpfn": "pip install tabpfn",
+    model = {"xgboost": "xgb", "pytabkit": "realmlp"}.get(missing, "tabpfn")
+    message = {"xgboost": "pip install xgboost-cpu", "pytabkit": "pip install pytabkit", "tabpfn": "pip install tabpfn",
                "weights": "set TABPFN_MODEL_PATH to the .ckpt file"}[missing]
     with pytest.raises(PipelineError, match=message):
         run_pipeline(HousePricesConfig(models=["ridge", model], out_dir=str(tmp_path / "out"), progress=False))

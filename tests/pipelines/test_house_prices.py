@@ -142,7 +142,8 @@ def test_test_pred_average_submits_the_mean_of_every_fold_model_and_fits_nothing
 
 
 TINY = {"lgbm": {"n_estimators": 20}, "xgb": {"n_estimators": 20}, "catboost": {"iterations": 20, "seeds": 1},
-        "hgb": {"max_iter": 20}, "extra": {"n_estimators": 10}, "gbr": {"n_estimators": 20}, "mlp": {"epochs": 2}}
+        "hgb": {"max_iter": 20}, "extra": {"n_estimators": 10}, "gbr": {"n_estimators": 20}, "mlp": {"epochs": 2},
+        "realmlp": {"n_epochs": 2}, "tabm": {"n_epochs": 2}}
 
 
 def test_every_zoo_model_and_feature_step_fits_on_training_rows_only(tmp_path, monkeypatch):
@@ -151,7 +152,7 @@ def test_every_zoo_model_and_feature_step_fits_on_training_rows_only(tmp_path, m
     from features.house import RangeClipper
 
     # the optional models where installed (TabPFN also needs its local weights: never in the suite)
-    names = [n for n in hm.STRONG_MODELS if n != "tabpfn" and (n != "xgb" or importlib.util.find_spec("xgboost"))]
+    names = [n for n in hm.STRONG_MODELS if n != "tabpfn" and hm.optional_installed(n)]
     fitted, clipped = [], []
     original_make, original_clip = hm.make_model, RangeClipper.fit
 

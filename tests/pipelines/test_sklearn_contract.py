@@ -13,7 +13,14 @@ from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from features.house import HouseFeatures, HouseImputer, OrdinalMapper, RangeClipper, SkewCorrector
-from pipelines.competitions.house_prices.estimators import STRONG_MODELS, HuberLasso, SeedBag, _OneThread, make_model
+from pipelines.competitions.house_prices.estimators import (
+    STRONG_MODELS,
+    HuberLasso,
+    SeedBag,
+    _OneThread,
+    make_model,
+    optional_installed,
+)
 from pipelines.competitions.house_prices.mlp import MLPRegressor
 
 ESTIMATORS = [
@@ -41,8 +48,8 @@ def test_sklearn_contract(estimator, check):
     check(estimator)
 
 
-# xgb and tabpfn are optional (a package, a weights file) that CI does not install
-@pytest.mark.parametrize("name", [n for n in STRONG_MODELS if n not in ("xgb", "tabpfn")])
+# the optional models where installed (TabPFN also needs its local weights: never in the suite)
+@pytest.mark.parametrize("name", [n for n in STRONG_MODELS if n != "tabpfn" and optional_installed(n)])
 def test_every_zoo_model_clones_with_its_parameters(name):
     """``make_model`` (a ``SeedBag`` with ``seeds=N``, an ``_OneThread`` for HistGradientBoosting) clones as
     scikit-learn's model selection tools clone it."""

@@ -27,8 +27,9 @@ from features.house import make_preprocessor
 from pipelines.core.errors import PipelineError
 from pipelines.core.seed import seed32
 
-__all__ = ["BEST_MODELS", "BEST_PARAMS", "BOUNDED_MODELS", "DEFAULT_MODELS", "FAST_MODELS", "STRONG_MODELS",
-           "SEARCH_SPACES", "HuberLasso", "make_model", "make_preprocessor", "model_names"]
+__all__ = ["BEST_MODELS", "BEST_PARAMS", "BOUNDED_MODELS", "DEFAULT_MODELS", "FAST_MODELS", "OPTIONAL",
+           "STRONG_MODELS", "SEARCH_SPACES", "HuberLasso", "make_model", "make_preprocessor", "model_names",
+           "optional_installed"]
 
 # the preset (chosen on 3 x 5-fold all-rows CV, fold seeds 10-12) and its quick variant (``--fast``: huber_lasso
 # there gained 0.0002 on that CV, not worth its three extra Lasso fits against the 15 s budget)
@@ -39,10 +40,15 @@ FAST_MODELS = ("lasso", "lgbm")
 # pays goes in; nothing measured so far has (docs/house-prices.md, "The best preset"), so today it is the default's
 BEST_MODELS = DEFAULT_MODELS
 BEST_PARAMS: dict[str, dict] = {}
+# the optional models: name -> (the package they import, how to install it). None is a dependency: XGBoost is
+# 400 MB with CUDA, pytabkit (RealMLP, TabM) brings Lightning; none earned a place in a preset (docs/house-prices.md).
+# TabPFN, optional too, also needs its weights on disk: ``tabpfn_weights`` checks both
+OPTIONAL = {"xgb": ("xgboost", "pip install xgboost-cpu"), "realmlp": ("pytabkit", "pip install pytabkit"),
+            "tabm": ("pytabkit", "pip install pytabkit")}
 # models whose prediction is a smooth function of the features: two high-leverage rows tilt them for every
 # house, so by default they are fitted without the two documented outliers (trees keep them, and
 # huber_lasso down-weights whatever rows its own fit cannot explain)
-SMOOTH_MODELS = frozenset({"lasso", "enet", "ridge", "krr", "svr", "knn", "mlp"})
+SMOOTH_MODELS = frozenset({"lasso", "enet", "ridge", "krr", "svr", "knn", "mlp", "realmlp", "tabm"})
 # models whose predictions stay within the prices they were fitted on (trees, k-NN); the others extrapolate.
 # Where the two groups disagree by a wide margin the stack takes these ones' price (``pipeline.guard``)
 BOUNDED_MODELS = frozenset({"catboost", "lgbm", "xgb", "hgb", "extra", "gbr", "knn"})
@@ -104,6 +110,30 @@ def _gbr(seed: int, **params) -> RegressorMixin:
     from sklearn.ensemble import GradientBoostingRegressor
 
     return GradientBoostingRegressor(random_state=seed, **params)
+
+
+def _quiet_lightning() -> None:
+    """pytabkit trains through Lightning, which prints its device banner, tips and a deprecation on every fit."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def _realmlp(seed: int, **params) -> RegressorMixin:
+    from pytabkit import RealMLP_TD_Regressor  # optional (``OPTIONAL``): PyPI pytabkit, no pretrained weights
+
+    _quiet_lightning()
+    return RealMLP_TD_Regressor(random_state=seed, n_threads=1, verbosity=0, **params)
+
+
+def _tabm(seed: int, **params) -> RegressorMixin:
+    from pytabkit import TabM_D_Regressor
+
+    _quiet_lightning()
+    return TabM_D_Regressor(random_state=seed, n_threads=1, verbosity=0, **params)
 
 
 def _knn(seed: int, **params) -> RegressorMixin:
@@ -234,6 +264,8 @@ STRONG_MODELS: dict[str, tuple[Callable[..., RegressorMixin], dict]] = {
                    "min_samples_leaf": 15, "min_samples_split": 10, "loss": "huber", "subsample": 0.8}),
     "knn": (_knn, {"n_neighbors": 8, "weights": "distance"}),
     "mlp": (_mlp, {"hidden": 128, "dropout": 0.1, "epochs": 60, "lr": 3e-3, "weight_decay": 1e-2}),
+    "realmlp": (_realmlp, {}),  # optional: pytabkit's tuned defaults (RealMLP-TD), 256 epochs
+    "tabm": (_tabm, {}),  # optional: pytabkit's TabM-D, early-stopped on its own inner split
     "tabpfn": (_tabpfn, {}),  # optional: a local checkpoint only (``tabpfn_weights``)
 }
 
@@ -248,13 +280,21 @@ def model_names(names: list[str] | None) -> list[str]:
     return names
 
 
+def optional_installed(name: str) -> bool:
+    """Whether model ``name`` can be built: a model outside ``OPTIONAL`` always, an optional one when its package is
+    importable."""
+    import importlib.util
+
+    return name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[name][0]) is not None
+
+
 def check_installed(names: list[str]) -> None:
     """A one-line error, before any model is fitted, for an optional model whose package (or weights) is missing:
     found at its first fit instead, the models fitted before it would be lost."""
-    import importlib.util
-
-    if "xgb" in names and importlib.util.find_spec("xgboost") is None:
-        raise PipelineError("model 'xgb' needs XGBoost, which is not a dependency: pip install xgboost-cpu")
+    for name in names:
+        if name in OPTIONAL and not optional_installed(name):
+            package, install = OPTIONAL[name]
+            raise PipelineError(f"model '{name}' needs {package}, which is not a dependency: {install}")
     if "tabpfn" in names:
         tabpfn_weights()
 
