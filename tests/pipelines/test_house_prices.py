@@ -142,6 +142,7 @@ def test_test_pred_average_submits_the_mean_of_every_fold_model_and_fits_nothing
 
 
 TINY = {"lgbm": {"n_estimators": 20}, "xgb": {"n_estimators": 20}, "catboost": {"iterations": 20, "seeds": 1},
+        "catboost_native": {"iterations": 20, "seeds": 1},
         "hgb": {"max_iter": 20}, "extra": {"n_estimators": 10}, "gbr": {"n_estimators": 20}, "mlp": {"epochs": 2},
         "realmlp": {"n_epochs": 2}, "tabm": {"n_epochs": 2}}
 

@@ -238,7 +238,7 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     ``budget`` (``--time-limit``) drops the models, after the first, that would end past its deadline; their
     names and why are in ``budget.skipped``, and the results hold only the models fitted in full.
     """
-    from pipelines.competitions.house_prices.estimators import BEST_PARAMS, make_model, make_preprocessor
+    from pipelines.competitions.house_prices.estimators import BEST_PARAMS, FRAME_MODELS, make_model, make_preprocessor
 
     names = preset_models(cfg)
     budget = budget or TimeBudget(None)
@@ -248,24 +248,30 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
     y = np.log1p(price)  # what the models fit; every score is the metric's, on log price (``log1p_score``)
     cache: dict = {} if feature_cache is None else feature_cache
 
-    def features(key, fit_idx: np.ndarray, *predict_frames: pd.DataFrame):
+    def features(key, fit_idx: np.ndarray, *predict_frames: pd.DataFrame, frame: bool = False):
+        """The fold's matrix (``frame``: the frame before one-hot encoding, for ``FRAME_MODELS``), the
+        preprocessing fitted once per fold and training set."""
         key = (len(fit_idx), key)  # the same fold with or without the outliers
-        if key not in cache:
-            prep = make_preprocessor().fit(X.iloc[fit_idx])
-            cache[key] = (prep.transform(X.iloc[fit_idx]), *(prep.transform(f) for f in predict_frames))
-        return cache[key]
+        slot = cache.setdefault(key, {})
+        if "prep" not in slot:
+            slot["prep"] = make_preprocessor().fit(X.iloc[fit_idx])
+        kind = "frame" if frame else "matrix"
+        if kind not in slot:
+            step = slot["prep"][:-1] if frame else slot["prep"]
+            slot[kind] = (step.transform(X.iloc[fit_idx]), *(step.transform(f) for f in predict_frames))
+        return slot[kind]
 
     results = {}
     for name in names:
         params = {**(BEST_PARAMS.get(name, {}) if cfg.preset == "best" else {}), **cfg.params.get(name, {})}
 
         def fit_predict(tr, va, r, k, name=name, params=params):
-            Xtr, Xva, Xte = features((r, k), tr, X.iloc[va], X_test)
+            Xtr, Xva, Xte = features((r, k), tr, X.iloc[va], X_test, frame=name in FRAME_MODELS)
             model = make_model(name, cfg.seed, **params).fit(Xtr, y[tr])
             return model.predict(Xva), (model.predict(Xte) if cfg.test_pred == "average" else None)
 
         def refit(idx, name=name, params=params):
-            Xtr, Xte = features("refit", idx, X_test)
+            Xtr, Xte = features("refit", idx, X_test, frame=name in FRAME_MODELS)
             return make_model(name, cfg.seed, **params).fit(Xtr, y[idx]).predict(Xte)
 
         first = not results
