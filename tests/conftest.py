@@ -1,6 +1,7 @@
 """Shared fixtures: the shipped house-prices data, copies of it to break on purpose, a blocked network."""
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,6 +10,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HOUSE_DIR = REPO / "data" / "house-prices"
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``-n auto`` in pyproject's addopts) each worker, and every process its tests start,
+    uses its share of the cores for torch, OpenMP and BLAS threads (set before any of them is imported). Two
+    workers of two threads each on a 2-core CPU spin against each other: two such torch processes ran about
+    10x slower than one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, share)
+
+
+_share_the_cores()
 
 
 @pytest.fixture
