@@ -121,21 +121,6 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
                              t_in_epochs=False)
 
 
-def compile_backbone(model: nn.Module, module: nn.Module) -> nn.Module:
-    """``torch.compile`` for training: only the backbone where ``module`` has timm's ``forward_features`` (the
-    head, whose shape is the number of classes, stays eager), else the whole ``model``; returns what to call.
-
-    Inductor caches its compiled graphs on disk, keyed by the graph: with the head outside, every later run of
-    the same backbone at the same size and batch reuses the graph whatever its classes. On a 2-core CPU a run on
-    a 6-class set after one on a 10-class set compiled in about 4 s instead of about 90 s (about 40 s with the
-    whole model compiled: its graph holds the head); training speed is the same (docs/leaves.md).
-    """
-    if callable(getattr(module, "forward_features", None)):
-        module.forward_features = torch.compile(module.forward_features)  # the module's own, so DDP's wrapper sees it
-        return model
-    return torch.compile(model)
-
-
 class Trainer:
     """Owns model, optimizer and loss; ``fit`` trains, ``evaluate`` scores, ``predict`` infers.
 
@@ -180,7 +165,7 @@ class Trainer:
             _dynamo.config.suppress_errors = True  # a kernel that cannot be built runs eagerly (and warns)
             # inductor's CPU build imports cpp_extension, which warns "No CUDA runtime is found" on every CPU box
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            self.model = compile_backbone(self.model, self.module)
+            self.model = torch.compile(self.model)
         self.optimizer, self.loss_fn, self.scheduler, self.grad_clip = optimizer, loss_fn, scheduler, grad_clip
         self.batch_hook, self.ema, self.progress = batch_hook, ema, progress
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
