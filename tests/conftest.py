@@ -19,7 +19,9 @@ def _share_the_cores() -> None:
     10x slower than one."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
-        share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        # the cores this process may use (Linux: its affinity mask; elsewhere all of them)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        share = str(max(1, cores // workers))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(name, share)
 
