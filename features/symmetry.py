@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines.core.fold_batchnorm import fold_batchnorm
+
 # each element as an operation on (..., H, W) tensors of square images
 ELEMENTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
@@ -161,7 +163,8 @@ def view_features(model: torch.nn.Module, images: torch.Tensor, mean, std, *, si
     the eight views, resized to ``side`` px first when given (the test needs shapes, not fine detail; tiny
     images are enlarged so the ImageNet features see them at a scale they know).
 
-    Batches of 32 in ``channels_last`` (oneDNN's fast layout; the model is a frozen copy nothing else uses):
+    Batches of 32 in ``channels_last`` (oneDNN's fast layout), batch norm folded into the convolutions (the
+    same features, 1.5x faster); the model is a frozen copy nothing else uses:
     960 images at 96 px took 14 s against 40 s in batches of 128 in the default layout on a 2-core CPU."""
     from features.images import normalise
 
@@ -172,7 +175,10 @@ def view_features(model: torch.nn.Module, images: torch.Tensor, mean, std, *, si
         if side and side != x.shape[-1]:
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=side < x.shape[-1])
         for name, op in ELEMENTS.items():
-            fmap = model.forward_features(normalise(op(x), mean, std).contiguous(memory_format=torch.channels_last))
+            view = normalise(op(x), mean, std).contiguous(memory_format=torch.channels_last)
+            if not i and name == "identity":  # the same function with batch norm folded in: 1.5x faster
+                model = fold_batchnorm(model, view[:2])[0]
+            fmap = model.forward_features(view)
             # a 2 x 2 grid of average-pooled features: global pooling alone cannot tell a left arrow from a right one
             grid = torch.nn.functional.adaptive_avg_pool2d(fmap, 2).flatten(1)
             out[name].append(grid.float().cpu().numpy())

@@ -22,6 +22,7 @@ from torch import nn
 
 from pipelines.core.checkpoint import rng_state, set_rng_state
 from pipelines.core.distributed import default_device, is_main_process, world
+from pipelines.core.fold_batchnorm import fold_batchnorm
 
 EVENTS = ("on_epoch_end",)
 
@@ -265,18 +266,26 @@ class Trainer:
             history.append(stats)
         return history
 
+    @staticmethod
+    def _inference_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
+        """``model`` (in eval mode) with its batch norms folded into their convolutions, a copy made for one
+        pass over a loader (``x``: its first batch): the same outputs, 1.3-1.5x faster on a CPU
+        (``pipelines.core.fold_batchnorm``). A model without conv + norm pairs comes back as it is."""
+        return fold_batchnorm(model, x[:2])[0].eval()
+
     @torch.no_grad()
     def predict(self, loader: Iterable, transform: Callable | None = None) -> torch.Tensor:
         """Outputs for every batch of ``loader`` (inputs, or ``(inputs, _)`` pairs), on CPU, fp32.
 
         ``transform`` is applied to each input batch first (a test-time augmentation view).
         """
-        model = self.eval_model.eval()
-        outs = []
+        model, outs = self.eval_model.eval(), []
         for batch in loader:
             x = self._to_device(batch[0] if isinstance(batch, list | tuple) else batch)
             if transform is not None:
                 x = transform(x)
+            if not outs:
+                model = self._inference_model(model, x)
             with self._autocast():
                 outs.append(model(x).float().cpu())
         return torch.cat(outs)
@@ -288,8 +297,11 @@ class Trainer:
         model, outs, ys = self.eval_model.eval(), [], []
         for x, y in loader:
             x = self._to_device(x)
+            x = transform(x) if transform is not None else x
+            if not outs:
+                model = self._inference_model(model, x)
             with self._autocast():
-                outs.append(model(transform(x) if transform is not None else x).float().cpu())
+                outs.append(model(x).float().cpu())
             ys.append(torch.as_tensor(y))
         logits, y = torch.cat(outs), torch.cat(ys)
         return {"val_loss": float(nn.functional.cross_entropy(logits, y)),

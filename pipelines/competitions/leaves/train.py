@@ -76,6 +76,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
                          zero_head=bool(cfg.pretrained or cfg.pretrained_file))
     if cfg.pretrained or cfg.pretrained_file:
         freeze_early(model, cfg.freeze)
+        model = fold_frozen_norms(model, cfg.img_size or 224)
     classifier = get_classifier(model)
     head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,6 +119,18 @@ def freeze_early(model, groups: int) -> list[str]:
                     for group in ordered[:groups] for name in group})
     freeze(model, names)
     return names
+
+
+def fold_frozen_norms(model, side: int):
+    """``model`` with each frozen layer's batch norm folded into its frozen convolution (the same function;
+    training 1.24x faster for efficientnet-lite0 with three groups frozen, ``pipelines.core.fold_batchnorm``).
+    The sample is a fixed ramp, not a random draw: the run's random stream stays as it was."""
+    import torch
+
+    from pipelines.core.fold_batchnorm import fold_batchnorm
+
+    sample = torch.linspace(-2, 2, 2 * 3 * side * side).reshape(2, 3, side, side)
+    return fold_batchnorm(model, sample, frozen_only=True)[0]
 
 
 def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
