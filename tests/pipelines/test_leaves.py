@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipelines.__main__ import main
 from pipelines.competitions.leaves.leafgen import generate_leaves
@@ -268,6 +269,16 @@ def test_resume_honours_out_dir_and_refuses_a_changed_setting(tiny_leaves, tmp_p
     assert "--epochs 8 differs from its 2" in capsys.readouterr().err
     assert main(["leaves", "--resume", str(run_dir), "--out-dir", str(tmp_path / "new"), "--no-progress"]) == 0
     assert len(list((tmp_path / "new" / "classify-leaves").glob("*.csv"))) >= 1
+    # a checkpoint another version saved (its weights named otherwise): one line, not a torch traceback
+    last = run_dir / "fold0" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["trainer"]["model"] = {f"old.{k}": v for k, v in state["trainer"]["model"].items()}
+    torch.save(state, last)
+    capsys.readouterr()
+    assert main(["leaves", "--resume", str(run_dir), "--out-dir", str(tmp_path / "new2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "start a new run" in err and "last.pt" in err, err
+    assert not (tmp_path / "new2").exists()
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])

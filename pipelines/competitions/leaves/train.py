@@ -252,7 +252,12 @@ class FoldEpochs:
         if not self.last.exists():
             return
         state = load_checkpoint(self.last)
-        trainer.load_state_dict(state["trainer"])
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except RuntimeError as err:  # e.g. a run saved before frozen norms were folded into their convolutions
+            first = str(err).strip().splitlines()[0]
+            raise PipelineError(f"fold {self.fold}: {self.last} does not fit the model this code builds ({first}); "
+                                "it was saved by another version: start a new run") from None
         self.stopper.load_state_dict(state["early_stopping"])
         self.history = state["history"]
         trainer.should_stop = state["finished"]
