@@ -2,14 +2,13 @@
 
 Such a norm is a fixed per-channel affine map, so the convolution before it can absorb it (weights scaled,
 a bias added) and the norm leaves only its activation: the same function, one pass over the activations
-fewer. Two places use it:
+fewer. Measured on a 2-core CPU, efficientnet-lite0 at 96 px (docs/leaves.md, "Batch norm folded"):
 
 - training, for the frozen early layers (``frozen_only``): their norms are timm's or torchvision's frozen
-  ones, which never use batch statistics. Those layers run at the highest resolution, where a separate
-  scale-and-shift is expensive: efficientnet-lite0 with its stem and two stages frozen trained 1.24x faster
-  (97 -> 120 img/s at 96 px, batch 32, on a 2-core CPU) with them folded;
-- inference, on a copy of the evaluation weights (every norm, in eval mode): 346 -> 512 img/s in fp32 on the
-  same CPU, 303 -> 388 under bf16 autocast.
+  ones, which never use batch statistics, and those layers run at the highest resolution; with the stem and
+  two stages frozen, about 1.1x faster (94 -> 105 img/s, the mean of three interleaved pairs);
+- inference, on a copy of the evaluation weights (every norm, in eval mode; the trainer's predictions and the
+  symmetry probe): 346 -> 512 img/s in fp32, 303 -> 388 under bf16 autocast.
 
 Pairs are found by data flow, not by names: one forward pass on a sample records which convolution's output
 tensor is exactly a norm's input. A convolution whose output also goes elsewhere would be folded wrongly, so
@@ -19,80 +18,65 @@ the folded copy is checked against the original on the sample and dropped if the
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import torch
 from torch import nn
 
 
+@functools.cache
 def _frozen_norms() -> tuple[type, ...]:
-    """Norm classes that always use their running statistics (torchvision's and timm's frozen ones)."""
-    kinds: list[type] = []
-    try:
-        from torchvision.ops.misc import FrozenBatchNorm2d
+    """Norm classes that always use their running statistics (torchvision's and timm's frozen ones); imported
+    on first use, so a run that folds nothing never imports timm."""
+    from timm.layers import FrozenBatchNormAct2d
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
-        kinds.append(FrozenBatchNorm2d)
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        pass
-    try:
-        from timm.layers import FrozenBatchNormAct2d
-
-        kinds.append(FrozenBatchNormAct2d)
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
-    return tuple(kinds)
+    return FrozenBatchNorm2d, FrozenBatchNormAct2d
 
 
 def _foldable(norm: nn.Module, frozen_only: bool) -> bool:
-    frozen = _frozen_norms()
-    if isinstance(norm, frozen):
+    if isinstance(norm, _frozen_norms()):
         return True
     return (not frozen_only and isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None
             and norm.running_var is not None)
 
 
-def conv_norm_pairs(model: nn.Module, sample: torch.Tensor, *, frozen_only: bool = False) -> list[tuple[str, str]]:
-    """``(conv name, norm name)`` for every foldable norm whose input is exactly a ``Conv2d``'s output in one
-    eval-mode forward pass of ``sample``. With ``frozen_only`` the convolution must be frozen too: folding a
-    scale into weights that train would change how they train."""
-    modules = dict(model.named_modules())
-    produced: dict[int, str] = {}
-    pairs: list[tuple[str, str]] = []
-    hooks = []
-    for name, module in modules.items():
-        if isinstance(module, nn.Conv2d) and not (frozen_only and module.weight.requires_grad):
-            hooks.append(module.register_forward_hook(
-                lambda _m, _i, out, name=name: produced.__setitem__(id(out), name)))
-        elif _foldable(module, frozen_only):
-            hooks.append(module.register_forward_pre_hook(
-                lambda _m, inputs, name=name: pairs.append((produced.get(id(inputs[0]), ""), name))))
-    training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(sample)
-    finally:
-        model.train(training)
-        for hook in hooks:
-            hook.remove()
-    return [(conv, norm) for conv, norm in pairs if conv]
-
-
-def _features(model: nn.Module, sample: torch.Tensor) -> torch.Tensor:
-    """What the check compares: the classifier's input where the model has one (a zero-initialised head
-    outputs zeros whatever the body does), else the output."""
+def _eval_pass(model: nn.Module, sample: torch.Tensor, hooks: list) -> torch.Tensor:
+    """One no-grad eval-mode forward pass of ``sample`` (the model's mode restored and ``hooks`` removed
+    after); returns what the check compares: the classifier's input where the model has one (a
+    zero-initialised head outputs zeros whatever the body does), else the output."""
     seen: list[torch.Tensor] = []
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    hook = (head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))
-            if isinstance(head, nn.Module) else None)
+    if isinstance(head, nn.Module):
+        hooks = [*hooks, head.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0]))]
     training = model.training
     try:
         with torch.no_grad():
             out = model.eval()(sample)
     finally:
         model.train(training)
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
     return (seen[0] if seen else out).float()
+
+
+def _trace(model: nn.Module, sample: torch.Tensor, frozen_only: bool) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """``(conv name, norm name)`` for every foldable norm whose input is exactly a ``Conv2d``'s output in one
+    eval-mode forward pass of ``sample``, and that pass's :func:`_eval_pass` features. With ``frozen_only``
+    the convolution must be frozen too: folding a scale into weights that train would change how they train."""
+    produced: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and not (frozen_only and module.weight.requires_grad):
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, out, name=name: produced.__setitem__(id(out), name)))
+        elif _foldable(module, frozen_only):
+            hooks.append(module.register_forward_pre_hook(
+                lambda _m, inputs, name=name: pairs.append((produced.get(id(inputs[0]), ""), name))))
+    features = _eval_pass(model, sample, hooks)
+    return [(conv, norm) for conv, norm in pairs if conv], features
 
 
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -124,19 +108,19 @@ def fold_batchnorm(model: nn.Module, sample: torch.Tensor, *, frozen_only: bool 
     Where nothing can be folded, or the folded copy differs from ``model`` on ``sample`` by more than
     ``tolerance`` (relative), ``model`` itself comes back with 0 (and a warning in the second case).
     """
-    kinds = [type(m) for m in model.modules()]
-    if not any(issubclass(k, nn.Conv2d) for k in kinds) or not any(_foldable(m, frozen_only) for m in model.modules()):
+    modules = list(model.modules())
+    if not any(isinstance(m, nn.Conv2d) for m in modules) or not any(_foldable(m, frozen_only) for m in modules):
         return model, 0  # no forward pass for a model that has nothing to fold (an MLP)
-    pairs = conv_norm_pairs(model, sample, frozen_only=frozen_only)
+    pairs, want = _trace(model, sample, frozen_only)
     if not pairs:
         return model, 0
     folded = copy.deepcopy(model)
-    modules = dict(folded.named_modules())
+    named = dict(folded.named_modules())
     for conv_name, norm_name in pairs:
-        _fold(modules[conv_name], modules[norm_name])
+        _fold(named[conv_name], named[norm_name])
         parent, _, leaf = norm_name.rpartition(".")
-        setattr(modules[parent] if parent else folded, leaf, _after_norm(modules[norm_name]))
-    want, got = _features(model, sample), _features(folded, sample)
+        setattr(named[parent] if parent else folded, leaf, _after_norm(named[norm_name]))
+    got = _eval_pass(folded, sample, [])
     error = float((want - got).abs().max() / want.abs().max().clamp_min(1e-6))
     if not error <= tolerance:
         warnings.warn(f"batch norm left unfolded: the folded model differs by {error:.2g} (relative) on a sample",

@@ -123,7 +123,7 @@ def freeze_early(model, groups: int) -> list[str]:
 
 def fold_frozen_norms(model, side: int):
     """``model`` with each frozen layer's batch norm folded into its frozen convolution (the same function;
-    training 1.24x faster for efficientnet-lite0 with three groups frozen, ``pipelines.core.fold_batchnorm``).
+    training about 1.1x faster for efficientnet-lite0 with three groups frozen, ``pipelines.core.fold_batchnorm``).
     The sample is a fixed ramp, not a random draw: the run's random stream stays as it was."""
     import torch
 
