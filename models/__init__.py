@@ -10,9 +10,9 @@ left out would silently drop its models (a test checks they are all listed).
 
 from models import cnn, rnn, tabular  # noqa: F401  (registers the families)
 from models._factory import create_model
-from models._head import get_classifier, zero_head
+from models._head import fit_head, get_classifier, zero_head
 from models._registry import get_model_cfg, list_models, register_model
 from models.pretrained import input_stats, weights_record
 
-__all__ = ["create_model", "get_classifier", "get_model_cfg", "input_stats", "list_models", "register_model",
-           "weights_record", "zero_head"]
+__all__ = ["create_model", "fit_head", "get_classifier", "get_model_cfg", "input_stats", "list_models",
+           "register_model", "weights_record", "zero_head"]

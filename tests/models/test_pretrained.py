@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from timm.data import create_transform, resolve_model_data_config
 
-from models import create_model, get_classifier, input_stats, weights_record, zero_head
+from models import create_model, fit_head, get_classifier, input_stats, weights_record, zero_head
 from models.pretrained import PACKAGED, convert_in_order, pretrained_state_dict
 from pipelines.core.errors import PipelineError
 
@@ -143,6 +143,20 @@ def test_zero_head_starts_the_classifier_at_zero_and_leaves_headless_models_alon
     zero_head(lenet)  # our d2l classics have no get_classifier(): nothing is touched
     assert get_classifier(lenet) is None
     assert all(torch.equal(before[k], v) for k, v in lenet.state_dict().items())
+
+
+def test_fit_head_sets_the_classifier_to_the_linear_probe_of_the_features():
+    gen = torch.Generator().manual_seed(0)
+    model = create_model("test_efficientnet", num_classes=3, zero_head=True)
+    width = model.classifier.in_features
+    centres = torch.randn(3, width, generator=gen) * 2
+    y = torch.arange(60) % 3
+    feats = centres[y] + torch.randn(60, width, generator=gen)
+    assert fit_head(model, feats, y, label_smoothing=0.1)
+    logits = model.classifier(feats)
+    assert (logits.argmax(1) == y).float().mean() > 0.95  # the head separates what the features separate
+    assert 0.5 < logits.softmax(1).max(1).values.mean() < 0.97  # smoothing and the penalty keep it unsure
+    assert not fit_head(create_model("lenet", num_classes=3), feats, y)  # no single linear classifier: untouched
 
 
 def test_an_unreadable_file_keeps_the_readers_message(tmp_path):

@@ -359,12 +359,16 @@ def test_batch_size_follows_the_device_unless_given():
 
 def test_compile_is_chosen_for_long_cpu_runs_with_a_compiler_unless_a_flag_says():
     """Compiling costs a fixed first compile: only a CPU run long enough to repay it compiles by default; no C++
-    compiler or a CUDA device means eager; ``--compile``/``--no-compile`` always win (no GPU needed: only the
-    device type is read)."""
+    compiler, a CPU without hardware bf16 or a CUDA device means eager; ``--compile``/``--no-compile`` always win
+    (no GPU needed: only the device type is read)."""
+    from functools import partial
+
     import torch
 
-    from pipelines.competitions.leaves.config import COMPILE_MIN_IMAGES, LeavesConfig, auto_compile
+    from pipelines.competitions.leaves import config
+    from pipelines.competitions.leaves.config import COMPILE_MIN_IMAGES, LeavesConfig
 
+    auto_compile = partial(config.auto_compile, hardware_bf16=True)
     cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), LeavesConfig(batch_size=32)
     big, small = 10 * COMPILE_MIN_IMAGES, 300  # rows: thousands of trained images a fold, or a few
     assert auto_compile(cfg, cpu, big, compiler="/usr/bin/g++").compile is True
@@ -377,6 +381,7 @@ def test_compile_is_chosen_for_long_cpu_runs_with_a_compiler_unless_a_flag_says(
     n = COMPILE_MIN_IMAGES // 6 + 32  # rows whose full run (3 folds x 3 epochs x 2/3 of the rows) reaches it
     assert auto_compile(dataclasses.replace(one_fold, fold=None), cpu, n, compiler="g++").compile is True
     assert auto_compile(one_fold, cpu, n, compiler="g++").compile is False
+    assert config.auto_compile(cfg, cpu, big, compiler="g++", hardware_bf16=False).compile is False
 
 
 def test_epochs_follow_the_data_size_within_the_pass_range():

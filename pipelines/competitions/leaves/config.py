@@ -33,9 +33,10 @@ EPOCH_RANGE = (3, 10)
 # an H200 at 224 px, batch 32 trained at 1,191 img/s (23 % of the loop-only 5,111 at batch 128), batch 128 at
 # 4,355 (85 %), with the same ELPV test accuracy (0.799 at seed 0; docs/leaves.md, "GPU")
 BATCH_SIZES = {"cpu": 32, "cuda": 128}
-# torch.compile (inductor) on CPU: efficientnet-lite0 trained 1.5x faster (165 -> 250 img/s at 96 px on the 2-core
-# CPU) after a first compile of about 46 s that later folds reuse; from about this many trained images a run
-# (folds x epochs x rows) the compile pays for itself (docs/leaves.md, "Compiling on CPU")
+# torch.compile (inductor) on a CPU with hardware bf16: efficientnet-lite0 trained 1.2-1.5x faster on two 2-core
+# Xeons after a first compile of 46-95 s that later folds reuse; from about this many trained images a run
+# (folds x epochs x rows) the compile pays for itself. On a CPU without bf16 (an EPYC) it gained nothing and the
+# compile was lost, so such a CPU stays eager (docs/leaves.md, "Compiling on CPU")
 COMPILE_MIN_IMAGES = 25_000
 
 
@@ -52,6 +53,7 @@ class LeavesConfig:
     steps: int = 400  # the automatic schedule's optimizer steps per fold (ignored when epochs is given)
     batch_size: int | None = None  # None: BATCH_SIZES by device, resolved and saved before training
     lr: float = 1e-3
+    head_init: str = "zero"  # the pretrained model's new classifier: zero, or the linear probe of its features
     head_lr_mult: float = 1.0  # classifier LR / body LR (x10 measured no better once the head starts at zero)
     weight_decay: float = 0.02
     warmup_epochs: float = 1.0
@@ -112,10 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("lr", "head_lr_mult", "weight_decay", "warmup_epochs", "grad_clip", "label_smoothing", "mixup",
                  "cutmix", "mix_prob", "crop_scale", "rotation", "jitter", "ema_decay"):
         a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    a("--head-init", default=d.head_init, choices=["zero", "probe"],
+      help="a pretrained model's new classifier starts at zero or at the linear probe of the fold's training rows")
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
     a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for a CPU "
-      f"run of at least {COMPILE_MIN_IMAGES:,} trained images with a C++ compiler present, else off)")
+      f"run of at least {COMPILE_MIN_IMAGES:,} trained images on a CPU with hardware bf16 and a C++ compiler, "
+      "else off)")
     a("--no-amp", dest="amp", action="store_false", help="plain fp32 (no bf16/fp16 autocast)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     a("--runs-dir", default=d.runs_dir, help="checkpoints go to RUNS_DIR/leaves/<run> (default runs)")
@@ -187,10 +192,13 @@ def auto_batch_size(cfg: LeavesConfig, device) -> LeavesConfig:
     return dataclasses.replace(cfg, batch_size=BATCH_SIZES["cuda" if device.type == "cuda" else "cpu"])
 
 
-def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None = "auto") -> LeavesConfig:
+def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None = "auto",
+                 hardware_bf16: bool | None = None) -> LeavesConfig:
     """``cfg`` with ``compile`` resolved when the flag left it out: on for a CPU run whose planned training
-    (folds x epochs x rows per fold) reaches :data:`COMPILE_MIN_IMAGES` and where a C++ compiler can build
-    inductor's kernels (``compiler``: its name, ``auto`` asks inductor's own search,
+    (folds x epochs x rows per fold) reaches :data:`COMPILE_MIN_IMAGES`, on a CPU with hardware bf16
+    (``hardware_bf16``, default :func:`pipelines.core.training.cpu_has_bf16`: compiling gained 1.2-1.5x on two
+    such Xeons and nothing on an EPYC without it, docs/leaves.md) and where a C++ compiler can build inductor's
+    kernels (``compiler``: its name, ``auto`` asks inductor's own search,
     :func:`pipelines.core.training.cpp_compiler`); off on CUDA, where it was not measured. The decision is saved
     in config.json, so a resumed run keeps it."""
     if cfg.compile is not None:
@@ -200,9 +208,11 @@ def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None =
                                                                                                cfg.steps))
     if device.type != "cpu" or planned < COMPILE_MIN_IMAGES:
         return dataclasses.replace(cfg, compile=False)
-    if compiler == "auto":
-        from pipelines.core.training import cpp_compiler
+    from pipelines.core.training import cpp_compiler, cpu_has_bf16
 
+    if not (cpu_has_bf16() if hardware_bf16 is None else hardware_bf16):
+        return dataclasses.replace(cfg, compile=False)
+    if compiler == "auto":
         compiler = cpp_compiler()
     return dataclasses.replace(cfg, compile=compiler is not None)
 

@@ -59,8 +59,9 @@ class MixHook:
         return torch.cat([mixed_x, last_x]), torch.cat([mixed_y, last_y])
 
 
-def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None):
-    """Backbone (offline pretrained, head at zero), AdamW, warmup+cosine, label smoothing, EMA, the batched
+def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None, head_rows=None):
+    """Backbone (offline pretrained, head at zero or, with ``--head-init probe`` and ``head_rows`` (uint8
+    images, labels), at their linear probe), AdamW, warmup+cosine, label smoothing, EMA, the batched
     augmentation with ``symmetry``'s flips and turns (none when not given), mixup if asked."""
     import torch
     from timm.data import Mixup
@@ -77,6 +78,8 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     if cfg.pretrained or cfg.pretrained_file:
         freeze_early(model, cfg.freeze)
         model = fold_frozen_norms(model, cfg.img_size or 224)
+        if cfg.head_init == "probe" and head_rows is not None:
+            probe_head(model, *head_rows, label_smoothing=cfg.label_smoothing)
     classifier = get_classifier(model)
     head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -119,6 +122,26 @@ def freeze_early(model, groups: int) -> list[str]:
                     for group in ordered[:groups] for name in group})
     freeze(model, names)
     return names
+
+
+def probe_head(model, images, labels, *, label_smoothing: float, batch_size: int = 64) -> bool:
+    """Start ``model``'s classifier at the linear probe of its pretrained features on ``images`` (uint8, the
+    plain view; ``models.fit_head``). One forward pass over the rows, no random draw, so the run's random
+    stream stays as it was. False (head untouched) for a model without timm's ``forward_head``."""
+    import torch
+
+    from features.augment import View
+    from models import fit_head, input_stats
+
+    if not hasattr(model, "forward_head"):
+        return False
+    view, was_training = View("identity", *input_stats(model)), model.training
+    model.eval()
+    with torch.no_grad():
+        feats = torch.cat([model.forward_head(model.forward_features(view(images[i:i + batch_size])),
+                                              pre_logits=True).float() for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return fit_head(model, feats, torch.as_tensor(labels), label_smoothing=label_smoothing)
 
 
 def fold_frozen_norms(model, side: int):
@@ -175,7 +198,13 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
     steps = _n_batches(len(train_idx), cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
-    trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry)
+    head_rows = None
+    if cfg.head_init == "probe":
+        import torch
+
+        fit_rows = np.asarray(train_idx, dtype=np.int64)
+        head_rows = (data.train_images[torch.as_tensor(fit_rows)], data.y[fit_rows])
+    trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_rows=head_rows)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
     epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
     epochs.resume(trainer)
