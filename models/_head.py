@@ -44,8 +44,8 @@ def fit_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, 
     if not isinstance(head, nn.Linear) or head.in_features != features.shape[1]:
         return False
     x, y = features.detach().float(), labels.long()
-    w = torch.zeros(head.out_features, head.in_features, requires_grad=True)
-    b = torch.zeros(head.out_features, requires_grad=True)
+    w = torch.zeros(head.out_features, head.in_features, device=x.device, requires_grad=True)
+    b = torch.zeros(head.out_features, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
@@ -56,7 +56,7 @@ def fit_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, 
 
     opt.step(loss)
     with torch.no_grad():
-        head.weight.copy_(w.to(head.weight.dtype))
+        head.weight.copy_(w)
         if head.bias is not None:
-            head.bias.copy_(b.to(head.bias.dtype))
+            head.bias.copy_(b)
     return True

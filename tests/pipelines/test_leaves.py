@@ -126,13 +126,37 @@ def test_pretrained_head_starts_at_uniform_loss():
     from pipelines.competitions.leaves.config import LeavesConfig
     from pipelines.competitions.leaves.train import build_trainer
 
-    trainer = build_trainer(LeavesConfig(progress=False, batch_size=32), n_classes=4, steps_per_epoch=1,
-                            device=torch.device("cpu"))
+    trainer = build_trainer(LeavesConfig(progress=False, batch_size=32, head_init="zero"), n_classes=4,
+                            steps_per_epoch=1, device=torch.device("cpu"))
     trainer.module.eval()
     logits = trainer.module(torch.rand(2, 3, 64, 64))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3]))
     assert torch.allclose(loss, torch.tensor(math.log(4)))
 
+
+def test_probe_head_init_starts_below_uniform_loss_on_the_fold_rows():
+    """--head-init probe: the classifier starts at the linear probe of the rows it is given, so on images
+    whose classes differ in colour the first loss is already far below log(classes)."""
+    import math
+
+    import torch
+
+    from pipelines.competitions.leaves.config import LeavesConfig
+    from pipelines.competitions.leaves.train import build_trainer
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) % 3
+    images = (torch.rand(24, 3, 64, 64, generator=gen) * 60).to(torch.uint8)
+    for c in range(3):
+        images[labels == c, c] += 150  # class c: channel c bright
+    trainer = build_trainer(LeavesConfig(progress=False, batch_size=32, head_init="probe", img_size=64),
+                            n_classes=3, steps_per_epoch=1, device=torch.device("cpu"),
+                            head_rows=(images, torch.arange(24), labels.numpy()))
+    trainer.module.eval()
+    x = (images.float() / 255 - 0.5) / 0.5  # lite0's input stats
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(trainer.module(x), labels)
+    assert loss < 0.5 * math.log(3)
 
 def test_mixup_keeps_the_last_sample_of_an_odd_batch_unmixed():
     """timm mixes pairs (even batches only): the odd one out stays, as it was, with its smoothed one-hot target."""

@@ -60,9 +60,9 @@ class MixHook:
 
 
 def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None, head_rows=None):
-    """Backbone (offline pretrained, head at zero or, with ``--head-init probe`` and ``head_rows`` (uint8
-    images, labels), at their linear probe), AdamW, warmup+cosine, label smoothing, EMA, the batched
-    augmentation with ``symmetry``'s flips and turns (none when not given), mixup if asked."""
+    """Backbone (offline pretrained; the head at the linear probe of ``head_rows`` (uint8 images, the rows to
+    fit, their labels) with ``--head-init probe``, else at zero), AdamW, warmup+cosine, label smoothing, EMA,
+    the batched augmentation with ``symmetry``'s flips and turns (none when not given), mixup if asked."""
     import torch
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
@@ -79,7 +79,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
         freeze_early(model, cfg.freeze)
         model = fold_frozen_norms(model, cfg.img_size or 224)
         if cfg.head_init == "probe" and head_rows is not None:
-            probe_head(model, *head_rows, label_smoothing=cfg.label_smoothing)
+            probe_head(model, *head_rows, label_smoothing=cfg.label_smoothing, device=device)
     classifier = get_classifier(model)
     head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -124,10 +124,11 @@ def freeze_early(model, groups: int) -> list[str]:
     return names
 
 
-def probe_head(model, images, labels, *, label_smoothing: float, batch_size: int = 64) -> bool:
-    """Start ``model``'s classifier at the linear probe of its pretrained features on ``images`` (uint8, the
-    plain view; ``models.fit_head``). One forward pass over the rows, no random draw, so the run's random
-    stream stays as it was. False (head untouched) for a model without timm's ``forward_head``."""
+def probe_head(model, images, rows, labels, *, label_smoothing: float, device=None, batch_size: int = 64) -> bool:
+    """Start ``model``'s classifier at the linear probe of its pretrained features on ``images[rows]`` (uint8,
+    the plain view, gathered a batch at a time so a streamed cache is never loaded whole; ``models.fit_head``),
+    on ``device``. One forward pass over the rows and no random draw, so the run's random stream stays as it
+    was. False (head untouched) for a model without timm's ``forward_head``."""
     import torch
 
     from features.augment import View
@@ -136,12 +137,14 @@ def probe_head(model, images, labels, *, label_smoothing: float, batch_size: int
     if not hasattr(model, "forward_head"):
         return False
     view, was_training = View("identity", *input_stats(model)), model.training
-    model.eval()
+    model.to(device or "cpu").eval()
+    rows = torch.as_tensor(rows, dtype=torch.long)
     with torch.no_grad():
-        feats = torch.cat([model.forward_head(model.forward_features(view(images[i:i + batch_size])),
-                                              pre_logits=True).float() for i in range(0, len(images), batch_size)])
+        feats = [model.forward_head(model.forward_features(view(images[rows[i:i + batch_size]].to(device))),
+                                    pre_logits=True).float() for i in range(0, len(rows), batch_size)]
     model.train(was_training)
-    return fit_head(model, feats, torch.as_tensor(labels), label_smoothing=label_smoothing)
+    return fit_head(model, torch.cat(feats), torch.as_tensor(labels, device=feats[0].device),
+                    label_smoothing=label_smoothing)
 
 
 def fold_frozen_norms(model, side: int):
@@ -198,12 +201,8 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
     steps = _n_batches(len(train_idx), cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
-    head_rows = None
-    if cfg.head_init == "probe":
-        import torch
-
-        fit_rows = np.asarray(train_idx, dtype=np.int64)
-        head_rows = (data.train_images[torch.as_tensor(fit_rows)], data.y[fit_rows])
+    fit_rows = np.asarray(train_idx, dtype=np.int64)
+    head_rows = (data.train_images, fit_rows, data.y[fit_rows]) if cfg.head_init == "probe" else None
     trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_rows=head_rows)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
     epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
