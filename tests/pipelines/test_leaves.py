@@ -305,6 +305,25 @@ def test_resume_honours_out_dir_and_refuses_a_changed_setting(tiny_leaves, tmp_p
     assert not (tmp_path / "new2").exists()
 
 
+def test_resume_of_a_run_saved_before_a_setting_existed_keeps_what_it_trained_with(tmp_path):
+    """A run saved before --head-init existed started its heads at zero: resuming it must not switch the
+    folds still to train to the new default's probe, while a run that saved the setting keeps its own."""
+    import dataclasses
+    import json
+
+    from pipelines.competitions.leaves.config import LeavesConfig
+    from pipelines.competitions.leaves.pipeline import open_run_dir
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    saved = {k: v for k, v in dataclasses.asdict(LeavesConfig(freeze=3)).items() if k != "head_init"}
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    cfg, _ = open_run_dir(LeavesConfig(resume=str(run_dir)))
+    assert (cfg.head_init, cfg.freeze) == ("zero", 3)
+    (run_dir / "config.json").write_text(json.dumps({**saved, "head_init": "probe"}))
+    assert open_run_dir(LeavesConfig(resume=str(run_dir)))[0].head_init == "probe"
+
+
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_early_stopping_state_round_trips(mode):
     sign = 1 if mode == "max" else -1

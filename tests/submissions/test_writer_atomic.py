@@ -137,8 +137,10 @@ LOOP = textwrap.dedent("""
 
     events = []
     print("ready", flush=True)
-    while not os.path.exists(sys.argv[2]):
-        try:
+    while True:
+        try:  # the stop check inside the try too: a SIGINT can land in os.path.exists (seen under load)
+            if os.path.exists(sys.argv[2]):
+                break
             events.append(attempt())
         except KeyboardInterrupt:
             events.append("between")  # landed outside write_run (between two writes): not a writer case

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 # flags a resumed run takes from the command line (they change where it writes or how it reports, not what
 # it trains); every other flag given with --resume must match the saved config
 RESUME_FREE = ("progress", "workers", "resume", "out_dir", "runs_dir")
+# settings added after runs were saved without them, with the value those runs trained with (the new
+# default may differ: a run saved before --head-init started its heads at zero)
+SAVED_BEFORE = {"head_init": "zero"}
 
 
 def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
@@ -76,7 +79,7 @@ def open_run_dir(cfg: LeavesConfig) -> tuple[LeavesConfig, Path]:
         run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else inside(base, cfg.resume, "--resume")
         if not (run_dir / "config.json").is_file():
             raise PipelineError(f"--resume: no run at {run_dir} (expected a config.json there)")
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = {**SAVED_BEFORE, **json.loads((run_dir / "config.json").read_text())}
         given = {k: v for k, v in dataclasses.asdict(cfg).items()
                  if k not in RESUME_FREE and v != getattr(LeavesConfig(), k) and v != saved.get(k)}
         if given:  # a flag the saved run cannot honour is refused, never silently dropped
