@@ -158,6 +158,7 @@ def test_probe_head_init_starts_below_uniform_loss_on_the_fold_rows():
         loss = torch.nn.functional.cross_entropy(trainer.module(x), labels)
     assert loss < 0.5 * math.log(3)
 
+
 def test_mixup_keeps_the_last_sample_of_an_odd_batch_unmixed():
     """timm mixes pairs (even batches only): the odd one out stays, as it was, with its smoothed one-hot target."""
     import torch

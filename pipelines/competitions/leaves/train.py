@@ -201,11 +201,13 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
     steps = _n_batches(len(train_idx), cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
-    fit_rows = np.asarray(train_idx, dtype=np.int64)
-    head_rows = (data.train_images, fit_rows, data.y[fit_rows]) if cfg.head_init == "probe" else None
+    fold_dir, fit_rows = run_dir / f"fold{fold}", np.asarray(train_idx, dtype=np.int64)
+    head_rows = None  # a resumed fold's checkpoint replaces the head: no probe pass for it (it draws nothing)
+    if cfg.head_init == "probe" and not FoldEpochs.last_checkpoint(fold_dir).exists():
+        head_rows = (data.train_images, fit_rows, data.y[fit_rows])
     trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_rows=head_rows)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
-    epochs = FoldEpochs(cfg, fold, data.classes, loaders, run_dir / f"fold{fold}", on_epoch)
+    epochs = FoldEpochs(cfg, fold, data.classes, loaders, fold_dir, on_epoch)
     epochs.resume(trainer)
     trainer.add_callback("on_epoch_end", epochs)
     start = time.perf_counter()
@@ -270,8 +272,12 @@ class FoldEpochs:
 
         self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
         self.view = None  # the plain view, normalised with the model's mean/std (set at the first epoch)
-        self.last, self.best = fold_dir / "last.pt", fold_dir / "best.pt"
+        self.last, self.best = self.last_checkpoint(fold_dir), fold_dir / "best.pt"
         self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
+
+    @staticmethod
+    def last_checkpoint(fold_dir: Path) -> Path:
+        return fold_dir / "last.pt"
 
     def resume(self, trainer) -> None:
         """Continue from ``last.pt`` if a killed run left one."""
