@@ -35,9 +35,11 @@ EPOCH_RANGE = (3, 10)
 BATCH_SIZES = {"cpu": 32, "cuda": 128}
 # torch.compile (inductor) on a CPU with hardware bf16: efficientnet-lite0 trained 1.2-1.5x faster on two 2-core
 # Xeons after a first compile of 46-95 s that later folds reuse; from about this many trained images a run
-# (folds x epochs x rows) the compile pays for itself. On a CPU without bf16 (an EPYC) it gained nothing and the
-# compile was lost, so such a CPU stays eager (docs/leaves.md, "Compiling on CPU")
-COMPILE_MIN_IMAGES = 25_000
+# (folds x epochs x rows) the compile pays for itself on the three bf16 Xeons measured (break-even 23,000 on the
+# fastest, 36,000-75,000 and about 41,000 on the two slower; a 30,000-image set ran 320 s compiled against 307 s
+# eager), so sets of up to about 1,750 training rows stay eager and ELPV's 39,360 still compiles. On a CPU without
+# bf16 (an EPYC) it gained nothing and the compile was lost, so such a CPU stays eager (docs/leaves.md)
+COMPILE_MIN_IMAGES = 35_000
 
 
 @dataclass
