@@ -391,14 +391,18 @@ def test_gpu_image_size_is_the_backbones_pretrained_size():
 
 def test_batch_size_follows_the_device_unless_given():
     """32 on CPU, 128 on CUDA (the bench's batch: a GPU fed 32 at a time idles); ``--batch-size`` always wins,
-    and the resolved size is what a run saves (no GPU needed: only the device type is read)."""
+    and the resolved size is what a run saves (no GPU needed: only the device type is read). Predictions run
+    in the training batch on CPU (faster there than twice it) and in twice it on CUDA."""
     import torch
 
-    from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size
+    from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size, eval_batch_size
 
     assert auto_batch_size(LeavesConfig(), torch.device("cpu")).batch_size == 32
     assert auto_batch_size(LeavesConfig(), torch.device("cuda")).batch_size == 128
     assert auto_batch_size(LeavesConfig(batch_size=48), torch.device("cuda")).batch_size == 48
+    assert eval_batch_size(LeavesConfig(), torch.device("cpu")) == 32
+    assert eval_batch_size(LeavesConfig(), torch.device("cuda")) == 256
+    assert eval_batch_size(LeavesConfig(batch_size=48), torch.device("cpu")) == 48
 
 
 def test_compile_is_chosen_for_long_cpu_runs_with_a_compiler_unless_a_flag_says():

@@ -33,6 +33,9 @@ EPOCH_RANGE = (3, 10)
 # an H200 at 224 px, batch 32 trained at 1,191 img/s (23 % of the loop-only 5,111 at batch 128), batch 128 at
 # 4,355 (85 %), with the same ELPV test accuracy (0.799 at seed 0; docs/leaves.md, "GPU")
 BATCH_SIZES = {"cpu": 32, "cuda": 128}
+# inference batch per training batch: twice as large feeds a GPU; on a 2-core CPU the training batch itself
+# predicted 10-25 % faster than twice it (efficientnet-lite0, 96 and 112 px: 391-428 against 341-351 img/s)
+EVAL_BATCH_FACTOR = {"cpu": 1, "cuda": 2}
 # torch.compile (inductor) on a CPU with hardware bf16: efficientnet-lite0 trained 1.2-1.5x faster on two 2-core
 # Xeons after a first compile of 46-95 s that later folds reuse; from about this many trained images a run
 # (folds x epochs x rows) the compile pays for itself on the three bf16 Xeons measured (break-even 23,000 on the
@@ -193,7 +196,16 @@ def auto_batch_size(cfg: LeavesConfig, device) -> LeavesConfig:
     """``cfg`` with its batch size resolved for ``device`` (:data:`BATCH_SIZES`) when the flag left it out."""
     if cfg.batch_size is not None:
         return cfg
-    return dataclasses.replace(cfg, batch_size=BATCH_SIZES["cuda" if device.type == "cuda" else "cpu"])
+    return dataclasses.replace(cfg, batch_size=BATCH_SIZES[_kind(device)])
+
+
+def eval_batch_size(cfg: LeavesConfig, device) -> int:
+    """Images per prediction batch on ``device``: :data:`EVAL_BATCH_FACTOR` x the (resolved) training batch."""
+    return auto_batch_size(cfg, device).batch_size * EVAL_BATCH_FACTOR[_kind(device)]
+
+
+def _kind(device) -> str:
+    return "cuda" if device.type == "cuda" else "cpu"
 
 
 def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None = "auto",

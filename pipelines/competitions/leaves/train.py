@@ -15,29 +15,23 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size, auto_epochs, say
+from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size, auto_epochs, eval_batch_size, say
 from pipelines.core.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipelines.competitions.leaves.data import LeafData
 
 
-# inference batch per training batch: twice as large feeds a GPU; on a 2-core CPU the training batch itself
-# predicted 10-25 % faster than twice it (efficientnet-lite0, 96 and 112 px: 391-428 against 341-351 img/s)
-EVAL_BATCH_FACTOR = {"cpu": 1, "cuda": 2}
-
-
 def make_loader(images, labels, cfg: LeavesConfig, *, train: bool, seed: int, device):
     """Batches of the uint8 cache (moved to the GPU once when it fits there): shuffled full batches (training,
-    sharded over DDP ranks) or in order (:data:`EVAL_BATCH_FACTOR` x the training batch)."""
+    sharded over DDP ranks) or in order (``config.eval_batch_size``)."""
     from features.batches import TensorBatches, on_device
     from pipelines.core.distributed import world
 
     rank, world_size = world()
     images = on_device(images, device)
     if not train:
-        factor = EVAL_BATCH_FACTOR["cuda" if device.type == "cuda" else "cpu"]
-        return TensorBatches(images, labels, cfg.batch_size * factor, shuffle=False, pin=device.type == "cuda")
+        return TensorBatches(images, labels, eval_batch_size(cfg, device), shuffle=False, pin=device.type == "cuda")
     return TensorBatches(images, labels, cfg.batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size,
                          pin=device.type == "cuda")
 
@@ -86,7 +80,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
         model = fold_frozen_norms(model, cfg.img_size or 224)
         if cfg.head_init == "probe" and head_rows is not None:
             probe_head(model, *head_rows, label_smoothing=cfg.label_smoothing, device=device,
-                       batch_size=cfg.batch_size or 32)
+                       batch_size=auto_batch_size(cfg, device).batch_size)
     classifier = get_classifier(model)
     head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
