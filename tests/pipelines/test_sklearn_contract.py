@@ -12,7 +12,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from features.house import HouseFeatures, HouseImputer, OrdinalMapper, RangeClipper, SkewCorrector
+from features.house import GroupSlopes, HouseFeatures, HouseImputer, OrdinalMapper, RangeClipper, SkewCorrector
 from pipelines.competitions.house_prices.estimators import (
     STRONG_MODELS,
     HuberLasso,
@@ -29,6 +29,7 @@ ESTIMATORS = [
     HouseFeatures(),
     SkewCorrector(),
     RangeClipper(),
+    GroupSlopes(),
     HuberLasso(alpha=1e-3, rounds=2, max_iter=5_000),
     MLPRegressor(hidden=16, epochs=20, lr=1e-2, batch_size=64),
     SeedBag([DecisionTreeRegressor(max_features=0.5, random_state=seed) for seed in (0, 1)]),
