@@ -590,7 +590,8 @@ def plot_run(per_model: dict, y: np.ndarray, oof: np.ndarray, outliers: np.ndarr
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="strong",
-                        help="strong (default, under a minute), best (more models, minutes), d2l (the book's recipe)")
+                        help="strong (default, under a minute), best (the models the nested check says pay; "
+                             "today the default's), d2l (the book's recipe)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1,
                         help="repeated K-fold: score on this many independent splits (fold seeds seed..seed+R-1)")
