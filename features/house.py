@@ -290,8 +290,8 @@ class GroupSlopes(_FrameTransformer):
             raise ValueError(f"GroupSlopes needs a group column and a value column: got {X.shape[1]} feature(s)")
         values = X.iloc[:, 1:].astype(float)
         self.levels_ = np.unique(_text(X.iloc[:, 0]))
-        self.mean_ = values.mean().to_numpy()
-        self.scale_ = np.where(values.std(ddof=0).to_numpy() > 0, values.std(ddof=0).to_numpy(), 1.0)
+        spread = values.std(ddof=0).to_numpy()
+        self.mean_, self.scale_ = values.mean().to_numpy(), np.where(spread > 0, spread, 1.0)
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         group, *values = super().get_feature_names_out(input_features)  # the input's, checked
@@ -300,7 +300,7 @@ class GroupSlopes(_FrameTransformer):
     def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         z = (X.iloc[:, 1:].astype(float).to_numpy() - self.mean_) / self.scale_
         member = _text(X.iloc[:, 0])[:, None] == self.levels_[None, :]
-        out = (member[None, :, :] * z.T[:, :, None]).transpose(1, 0, 2).reshape(len(X), -1)
+        out = (z[:, :, None] * member[:, None, :]).reshape(len(X), -1)  # (rows, values x levels), values major
         return pd.DataFrame(out, index=X.index, columns=self.get_feature_names_out())
 
 

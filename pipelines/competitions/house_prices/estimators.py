@@ -369,10 +369,10 @@ class SeedBag(_Wrapper):
         return self.models
 
     def fit(self, X, y):
-        from joblib import Parallel, delayed
+        from joblib import Parallel, cpu_count, delayed
 
         X, y = self._remember_input(X, y)
-        jobs = min(len(self.models), usable_cores())
+        jobs = min(len(self.models), cpu_count())  # the cores this process may use (affinity, cgroup quota)
         self.estimators_ = Parallel(n_jobs=jobs, prefer="threads")(
             delayed(_fit_clone)(model, X, y) for model in self.models)
         return self
@@ -384,16 +384,6 @@ class SeedBag(_Wrapper):
 
 def _fit_clone(model, X, y):
     return clone(model).fit(X, y)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells, else the machine's count)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # no affinity call (macOS, Windows)
-        return max(1, os.cpu_count() or 1)
 
 
 def _catboost_space(trial, name: str) -> dict:
