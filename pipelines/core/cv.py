@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +152,7 @@ def cross_validate(
     only_folds: list[int] | None = None,
     progress: bool = False,
     desc: str = "cv",
+    n_jobs: int = 1,
 ) -> CVResult:
     """Fit one model per fold and collect out-of-fold predictions for every training row.
 
@@ -159,39 +161,81 @@ def cross_validate(
     ``score_mask`` restricts which rows count in the fold scores. Test predictions are the fold
     average, unless ``refit(train_idx)`` is given: then one more model is fit on all (fit-masked) rows.
     ``on_fold_end(fold, running_mean)`` lets a tuner report and prune after each fold.
+
+    ``n_jobs`` > 1 fits that many folds (and the refit) side by side on threads: for a model that fits on
+    one thread, releases the GIL and draws nothing from a global generator, so its result does not depend
+    on the order. The folds are still scored and reported in order; an exception raised by ``on_fold_end``
+    (a pruned trial, a spent time budget) cancels the folds not yet started.
     """
     n = len(folds)
     fit_mask = np.ones(n, bool) if fit_mask is None else np.asarray(fit_mask, bool)
     score_mask = np.ones(n, bool) if score_mask is None else np.asarray(score_mask, bool)
     oof, test_preds, scores, seconds = None, [], [], []
     fold_list = sorted(set(folds.tolist())) if only_folds is None else only_folds
-    iterator = fold_list
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(fold_list, desc=desc, leave=False)
-    for k in iterator:
-        start = time.perf_counter()
+    splits = []
+    for k in fold_list:
         valid_idx = np.flatnonzero(folds == k)
         train_idx = np.flatnonzero((folds != k) & fit_mask)
-        scored = valid_idx[score_mask[valid_idx]]
-        if not len(train_idx) or not len(scored):
+        if not len(train_idx) or not len(valid_idx[score_mask[valid_idx]]):
             what = "fit on" if not len(train_idx) else "score"
             raise PipelineError(f"fold {k} has no rows to {what} ({n} rows, {int((~fit_mask).sum())} left out of "
                                 f"fitting, {int((~score_mask).sum())} of scoring): add rows or lower --folds")
-        valid_pred, test_pred = fit_predict(train_idx, valid_idx, k)
-        valid_pred = np.asarray(valid_pred)
-        if oof is None:
-            oof = np.full((n, *valid_pred.shape[1:]), np.nan)
-        oof[valid_idx] = valid_pred
-        scores.append(float(metric(np.asarray(y)[scored], oof[scored])))
-        if test_pred is not None:
-            test_preds.append(np.asarray(test_pred))
-        seconds.append(time.perf_counter() - start)
-        if on_fold_end is not None:
-            on_fold_end(k, float(np.mean(scores)))
-    if refit is not None:
-        test = np.asarray(refit(np.flatnonzero(fit_mask)))
-    else:
-        test = np.mean(test_preds, axis=0) if test_preds else None
+        splits.append((k, train_idx, valid_idx))
+
+    def timed(fn, *args):
+        start = time.perf_counter()
+        return fn(*args), time.perf_counter() - start
+
+    with _Runner(n_jobs) as run:
+        futures = [run(timed, fit_predict, train_idx, valid_idx, k) for k, train_idx, valid_idx in splits]
+        refit_future = run(timed, refit, np.flatnonzero(fit_mask)) if refit is not None else None
+        iterator = zip(splits, futures, strict=True)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=len(splits), desc=desc, leave=False)
+        for (k, _, valid_idx), future in iterator:
+            (valid_pred, test_pred), fold_seconds = future.result()
+            valid_pred = np.asarray(valid_pred)
+            if oof is None:
+                oof = np.full((n, *valid_pred.shape[1:]), np.nan)
+            oof[valid_idx] = valid_pred
+            scored = valid_idx[score_mask[valid_idx]]
+            scores.append(float(metric(np.asarray(y)[scored], oof[scored])))
+            if test_pred is not None:
+                test_preds.append(np.asarray(test_pred))
+            seconds.append(fold_seconds)
+            if on_fold_end is not None:
+                on_fold_end(k, float(np.mean(scores)))
+        if refit_future is not None:
+            test = np.asarray(refit_future.result()[0])
+        else:
+            test = np.mean(test_preds, axis=0) if test_preds else None
     return CVResult(oof=oof, fold_scores=scores, folds=folds, test=test, fold_seconds=seconds)
+
+
+class _Runner:
+    """``run(fn, *args)`` gives something with ``result()``: with ``n_jobs`` 1 the call itself, made when its
+    result is asked for (the serial loop, so a pruned trial fits no further fold), else a future of a pool of
+    ``n_jobs`` threads. Leaving the block early (an exception) cancels the calls not yet started."""
+
+    def __init__(self, n_jobs: int):
+        self.pool = ThreadPoolExecutor(n_jobs) if n_jobs > 1 else None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, fn, *args):
+        return self.pool.submit(fn, *args) if self.pool is not None else _Later(fn, args)
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Later:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)

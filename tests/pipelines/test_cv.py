@@ -1,5 +1,7 @@
 """The shared splitter and CV driver: properties every pipeline relies on."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,41 @@ def test_driver_reports_running_mean_after_each_fold():
     cross_validate(lambda tr, va, k: (np.full(len(va), float(k)), None), folds, np.zeros(30),
                    lambda a, b: float(np.mean(b)), on_fold_end=lambda k, m: reports.append((k, m)))
     assert reports == [(0, 0.0), (1, 0.5), (2, 1.0)]
+
+
+def test_folds_fitted_side_by_side_give_the_serial_result_in_fold_order():
+    y = np.random.default_rng(0).normal(size=60)
+    folds = make_folds(60, 4, "kfold", seed=0)
+
+    def fit_predict(train_idx, valid_idx, k):  # a fold's answer depends on its rows only, not on when it runs
+        return np.full(len(valid_idx), y[train_idx].mean() + k), np.array([y[train_idx].sum()])
+
+    runs = {}
+    for jobs in (1, 2):
+        reports = []
+        runs[jobs] = cross_validate(fit_predict, folds, y, lambda a, b: float(np.abs(a - b).mean()), n_jobs=jobs,
+                                    refit=lambda idx: np.array([len(idx)]),
+                                    on_fold_end=lambda k, m, seen=reports: seen.append(k))
+        assert reports == [0, 1, 2, 3]
+    np.testing.assert_array_equal(runs[1].oof, runs[2].oof)
+    assert runs[1].fold_scores == runs[2].fold_scores and runs[2].test.tolist() == [60]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_exception_after_a_fold_stops_the_folds_not_started(jobs):
+    folds = make_folds(50, 5, "kfold", seed=0)
+    started = []
+
+    def fit_predict(train_idx, valid_idx, k):
+        started.append(k)
+        time.sleep(0.05)  # a fit long enough for the driver to stop the pool while later folds wait
+        return np.zeros(len(valid_idx)), None
+
+    def prune(k, mean):
+        raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):
+        cross_validate(fit_predict, folds, np.zeros(50), lambda a, b: 0.0, on_fold_end=prune, n_jobs=jobs,
+                       refit=lambda idx: started.append("refit"))
+    # fold 0 and whatever had started beside it or right after it; never the refit, queued last
+    assert len(started) <= 2 * jobs - 1 + (jobs > 1) and "refit" not in started

@@ -53,6 +53,9 @@ FRAME_MODELS = frozenset({"catboost_native"})
 # house, so by default they are fitted without the two documented outliers (trees keep them, and
 # huber_lasso down-weights whatever rows its own fit cannot explain)
 SMOOTH_MODELS = frozenset({"lasso", "enet", "ridge", "krr", "svr", "knn", "mlp", "realmlp", "tabm"})
+# models whose fit runs on one thread (or a SeedBag of them), releases the GIL and draws from no global
+# generator: their folds fit side by side on threads (``cross_validate``'s ``n_jobs``), to the same predictions
+FOLD_THREADS = frozenset({"lasso", "huber_lasso", "enet", "lgbm", "xgb", "catboost", "catboost_native"})
 # models whose predictions stay within the prices they were fitted on (trees, k-NN); the others extrapolate.
 # Where the two groups disagree by a wide margin the stack takes these ones' price (``pipeline.guard``)
 BOUNDED_MODELS = frozenset({"catboost", "catboost_native", "lgbm", "xgb", "hgb", "extra", "gbr", "knn"})

@@ -168,7 +168,7 @@ def submission_spec(test: pd.DataFrame) -> SubmissionSpec:
 # ------------------------------------------------------------------------------------------ presets
 def cv_repeats(fit_predict: Callable, folds: np.ndarray, y: np.ndarray, metric: Callable, *,
                fit_mask: np.ndarray | None, refit: Callable | None, progress: bool, desc: str,
-               on_fold_end: Callable[[int, float], None] | None = None) -> list[CVResult]:
+               on_fold_end: Callable[[int, float], None] | None = None, n_jobs: int = 1) -> list[CVResult]:
     """``cross_validate`` once per repeat of ``folds`` (``(repeats, rows)``); the refit runs once, in repeat 0.
 
     ``fit_predict(train_idx, valid_idx, repeat, fold)``; ``on_fold_end(step, running_cv)`` counts steps over
@@ -184,7 +184,7 @@ def cv_repeats(fit_predict: Callable, folds: np.ndarray, y: np.ndarray, metric: 
         result = cross_validate(
             lambda tr, va, k, r=r: fit_predict(tr, va, r, k), repeat_folds, y, metric, fit_mask=fit_mask,
             refit=refit if r == 0 else None, progress=progress, desc=desc if len(folds) == 1 else f"{desc} r{r}",
-            on_fold_end=None if on_fold_end is None else report,
+            on_fold_end=None if on_fold_end is None else report, n_jobs=n_jobs,
         )
         done += result.fold_scores
         results.append(result)
@@ -253,12 +253,14 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
         preprocessing fitted once per fold and training set."""
         key = (len(fit_idx), key)  # the same fold with or without the outliers
         slot = cache.setdefault(key, {})
-        if "prep" not in slot:
-            slot["prep"] = make_preprocessor().fit(X.iloc[fit_idx])
+        if "prep" not in slot:  # fitted and applied to its rows in one pass
+            prep = make_preprocessor()
+            slot["fit_rows"], slot["prep"] = prep.fit_transform(X.iloc[fit_idx]), prep
         kind = "frame" if frame else "matrix"
         if kind not in slot:
             step = slot["prep"][:-1] if frame else slot["prep"]
-            slot[kind] = (step.transform(X.iloc[fit_idx]), *(step.transform(f) for f in predict_frames))
+            rows = step.transform(X.iloc[fit_idx]) if frame else slot["fit_rows"]
+            slot[kind] = (rows, *(step.transform(f) for f in predict_frames))
         return slot[kind]
 
     results = {}
@@ -289,10 +291,20 @@ def run_strong(train: pd.DataFrame, test: pd.DataFrame, folds: np.ndarray, cfg: 
             results[name] = cv_repeats(
                 fit_predict, folds, price, log1p_score, fit_mask=~outliers if name in dropping else None,
                 refit=refit if cfg.test_pred == "refit" else None, progress=cfg.progress, desc=name,
-                on_fold_end=fold_end)
+                on_fold_end=fold_end, n_jobs=fold_jobs(name))
         except OverBudget:
             continue
     return results
+
+
+def fold_jobs(name: str) -> int:
+    """How many of model ``name``'s folds fit side by side: one per core the process may use for the models
+    whose fit runs on one thread and releases the GIL (``FOLD_THREADS``), else one."""
+    from joblib import cpu_count
+
+    from pipelines.competitions.house_prices.estimators import FOLD_THREADS
+
+    return cpu_count() if name in FOLD_THREADS else 1
 
 
 def preset_models(cfg: HousePricesConfig) -> list[str]:
