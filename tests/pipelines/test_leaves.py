@@ -432,6 +432,53 @@ def test_compile_is_chosen_for_long_cpu_runs_with_a_compiler_unless_a_flag_says(
     assert config.auto_compile(cfg, cpu, big, compiler="g++", hardware_bf16=False).compile is False
 
 
+def test_folds_train_side_by_side_only_on_a_long_enough_uncompiled_cpu_run_unless_a_flag_says():
+    """Processes cost a start-up each: a CPU run in one process trains its folds at once (at most one more than
+    the cores) when its planned training reaches FOLD_JOBS_MIN_IMAGES and it does not compile; CUDA, ``--fold``
+    and short runs train one fold at a time; ``--fold-jobs`` wins, and is refused where it cannot apply."""
+    from pipelines.competitions.leaves.config import FOLD_JOBS_MIN_IMAGES, LeavesConfig, auto_fold_jobs
+    from pipelines.core.errors import PipelineError
+
+    cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), LeavesConfig(batch_size=32)
+    big, small = FOLD_JOBS_MIN_IMAGES, 30  # rows: 3 folds x 10 passes x 2/3 of them, or a few hundred images
+    assert auto_fold_jobs(cfg, cpu, big, cores=2).fold_jobs == 3
+    assert auto_fold_jobs(dataclasses.replace(cfg, folds=5), cpu, big, cores=2).fold_jobs == 3
+    assert auto_fold_jobs(cfg, cpu, big, cores=16).fold_jobs == 3
+    assert auto_fold_jobs(cfg, cpu, small, cores=2).fold_jobs == 1
+    assert auto_fold_jobs(cfg, cpu, big, cores=1).fold_jobs == 1
+    assert auto_fold_jobs(cfg, cuda, big, cores=2).fold_jobs == 1
+    assert auto_fold_jobs(dataclasses.replace(cfg, compile=True), cpu, big, cores=2).fold_jobs == 1
+    assert auto_fold_jobs(dataclasses.replace(cfg, fold=1), cpu, big, cores=2).fold_jobs == 1
+    assert auto_fold_jobs(dataclasses.replace(cfg, fold_jobs=2), cpu, small, cores=2).fold_jobs == 2
+    with pytest.raises(PipelineError, match="--fold-jobs is for a CPU run"):
+        auto_fold_jobs(dataclasses.replace(cfg, fold_jobs=2), cuda, big)
+
+
+def test_folds_trained_in_processes_reproduce_the_folds_trained_here(tiny_leaves, tmp_path, capsys):
+    """``--fold-jobs 2``: each fold in a spawned process of its own, on its share of the cores, gives the
+    predictions the same fold gives trained in this process on as many threads (its seed, rows, flips and
+    images are the same); the run says it, and the temporary image files are gone."""
+    from joblib import cpu_count
+
+    assert run_leaves(tiny_leaves, tmp_path / "processes", "--fold-jobs", "2") == 0
+    assert ", 2 folds at once" in capsys.readouterr().out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cpu_count() // 2))
+    try:
+        assert run_leaves(tiny_leaves, tmp_path / "here", "--fold-jobs", "1") == 0
+    finally:
+        torch.set_num_threads(threads)
+    probs = []
+    for name in ("processes", "here"):
+        record_path, = (tmp_path / name / "subs").rglob("*.json")
+        record = json.loads(record_path.read_text())
+        assert record["config"]["fold_jobs"] == (2 if name == "processes" else 1)
+        assert not list(Path(record["run_dir"]).glob(".images-*"))
+        probs.append(pd.read_csv(record_path.parent / record["files"]["tables"]["test_probs"]))
+        probs[-1]["oof"] = pd.read_csv(record_path.parent / record["files"]["oof"])["pred"]
+    pd.testing.assert_frame_equal(*probs)
+
+
 def test_epochs_follow_the_data_size_within_the_pass_range():
     """About ``steps`` optimizer steps per fold, never more passes than EPOCH_RANGE's top for a small set nor
     fewer than its bottom for a large one."""

@@ -28,6 +28,7 @@ flips and turns per fold and the test-time view choice in ``views.py`` (the prob
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -43,6 +44,7 @@ from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments
     add_arguments,
     auto_batch_size,
     auto_compile,
+    auto_fold_jobs,
     check_config,
     config_from_args,
     say,
@@ -137,6 +139,7 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
     data = leaf_data.load_data(cfg, device)  # through its module: a test's monkeypatch takes effect
     cfg = auto_compile(cfg, device, len(data.train))  # likewise saved below
+    cfg = auto_fold_jobs(cfg, device, len(data.train))  # after the compile decision it depends on
     if is_main_process():
         from pipelines.core.files import atomic_write
 
@@ -146,7 +149,8 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
                 fh.write(dumps(content))
     say(f"{len(data.train)} train / {len(data.test)} test images, {len(data.classes)} classes, "
         f"{data.img_size} px, batch {cfg.batch_size}, {cfg.model} on {device} x{world()[1]}"
-        f"{', compiled' if cfg.compile else ''}; run {run_dir}")
+        f"{', compiled' if cfg.compile else ''}{f', {cfg.fold_jobs} folds at once' if cfg.fold_jobs > 1 else ''}"
+        f"; run {run_dir}")
     return cfg, run_dir, device, data, weights
 
 
@@ -157,21 +161,28 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
     :func:`fit_fold` output, and the view choice (:func:`choose_tta`).
     """
     from features.symmetry import summary
+    from pipelines.competitions.leaves.fold_jobs import FoldProcesses
     from pipelines.competitions.leaves.views import choose_tta
     from pipelines.core.cv import cross_validate
 
     fold_info: dict[int, dict] = {}
+    jobs = cfg.fold_jobs or 1
+    processes = FoldProcesses(cfg, data, run_dir, jobs, device) if jobs > 1 else None
 
     def fit_predict(train_idx, valid_idx, fold):
-        info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
+        if processes is not None:
+            info = processes.fit(fold, train_idx, valid_idx)
+        else:
+            info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, device)
         fold_info[fold] = info
         say(f"fold {fold}: accuracy {accuracy(data.y[valid_idx], info['valid']):.4f} "
             f"(weights of epoch {info['epoch_used']} of {info['epochs']}, {info['train_seconds']:.0f} s training, "
             f"flips/turns: {info['symmetry'].describe()})")
         return info["valid"], info["test"]
 
-    result = cross_validate(fit_predict, folds, data.y, accuracy,
-                            only_folds=None if cfg.fold is None else [cfg.fold])
+    with processes or contextlib.nullcontext():
+        result = cross_validate(fit_predict, folds, data.y, accuracy, n_jobs=jobs,
+                                only_folds=None if cfg.fold is None else [cfg.fold])
     say(summary({k: (info["symmetry"], info["symmetry_record"]) for k, info in fold_info.items()}))
     trained = np.isin(folds, sorted(fold_info))
     tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])

@@ -175,7 +175,7 @@ def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.nda
 
 
 def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
-             on_epoch: Callable[[int, float], None] | None = None) -> dict:
+             on_epoch: Callable[[int, float], None] | None = None, symmetry: tuple | None = None) -> dict:
     """Train one fold (resuming from its last checkpoint) and predict its rows and the test set once, in every
     view of the symmetry its training rows kept.
 
@@ -184,18 +184,19 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     else early stopping watches an inner split of ``train_idx`` (:func:`inner_split`). The fold's own rows are
     scored once, after training, unless ``on_epoch(epoch, val_acc)`` asks for every epoch (a tuner reports and
     prunes there). Returns ``valid``/``test`` probabilities of the plain view, ``valid_views``/``test_views`` of
-    shape (views, rows, classes), the symmetry and its record.
+    shape (views, rows, classes), the symmetry and its record. ``symmetry`` is ``fold_symmetry``'s answer when
+    the caller has it already (``fold_jobs``: decided in the parent, where the probe's features are).
     """
     from models.pretrained import input_stats
     from pipelines.competitions.leaves.views import fold_symmetry, predict_views, tta_elements
     from pipelines.core.checkpoint import load_checkpoint
     from pipelines.core.distributed import barrier
-    from pipelines.core.seed import seed32, set_seed
+    from pipelines.core.seed import set_seed
 
     cfg = auto_batch_size(cfg, device)  # resolved already by a run; a tuner's trial config may leave it out
-    fold_seed = seed32(cfg.seed * 1000 + fold)  # per fold: ``--fold k`` alone reproduces fold k of a full run
-    symmetry, symmetry_record = fold_symmetry(cfg, probe_of(cfg, data, device), data.y, np.asarray(train_idx),
-                                              fold_seed)
+    fold_seed = fold_seed_of(cfg, fold)
+    symmetry, symmetry_record = symmetry or fold_symmetry(cfg, probe_of(cfg, data, device), data.y,
+                                                          np.asarray(train_idx), fold_seed)
     set_seed(fold_seed)
     stop_idx = np.array([], dtype=int)
     if cfg.patience > 0:
@@ -227,6 +228,13 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
             "symmetry_record": symmetry_record, "views": elements}
 
 
+def fold_seed_of(cfg: LeavesConfig, fold: int) -> int:
+    """Fold ``fold``'s seed: its own, so ``--fold k`` alone (or in its own process) reproduces fold k of a run."""
+    from pipelines.core.seed import seed32
+
+    return seed32(cfg.seed * 1000 + fold)
+
+
 def probe_of(cfg: LeavesConfig, data: LeafData, device):
     """The symmetry probe's features (computed once per run, on a sample of all training rows); None when
     the flags decide every symmetry."""
@@ -254,9 +262,7 @@ def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_
     def rows(idx):
         return data.train_images[torch.as_tensor(np.asarray(idx, dtype=np.int64))], data.y[idx]
 
-    from pipelines.core.seed import seed32
-
-    train = make_loader(*rows(train_idx), cfg, train=True, seed=seed32(cfg.seed * 1000 + fold), device=device)
+    train = make_loader(*rows(train_idx), cfg, train=True, seed=fold_seed_of(cfg, fold), device=device)
     test = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
     stop = make_loader(*rows(stop_idx), cfg, train=False, seed=0, device=device) if len(stop_idx) else None
     return FoldLoaders(train, make_loader(*rows(valid_idx), cfg, train=False, seed=0, device=device), stop, test)

@@ -1,0 +1,80 @@
+"""Folds trained side by side on a CPU, each in a process of its own (``--fold-jobs``, ``config.auto_fold_jobs``).
+
+On a small CPU one training step of efficientnet-lite0 at 96-112 px does not split well between threads: its
+later stages run on 3 x 3 to 7 x 7 feature maps, too small to keep two cores busy. Two or three folds trained at
+once, one thread each, get 1.15-1.3x more images through per second on 2 cores (docs/leaves.md). Processes, not
+threads: the augmentation, the shuffling and dropout draw from torch's global generator, which threads would
+share and interleave; a process has its own, seeded per fold, so each fold is reproducible on its own.
+
+The parent keeps what needs the whole training set: the symmetry probe's features (computed once) and each
+fold's flips-and-turns decision, sent to the fold's process with its rows. The decoded images go through two
+``.npy`` files that every process maps read-only (the page cache holds them once), not through a pipe or
+``/dev/shm`` (64 MB in a default container). What comes back is the fold's predictions and record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+class FoldProcesses:
+    """``fit(fold, train_idx, valid_idx)`` trains a fold in one of ``jobs`` spawned processes and returns what
+    ``train.fit_fold`` returns; a context manager (the pool and the mapped images live inside the block)."""
+
+    def __init__(self, cfg, data, run_dir: Path, jobs: int, device, cores: int | None = None):
+        from joblib import cpu_count
+
+        self.cfg, self.data, self.run_dir, self.jobs, self.device = cfg, data, Path(run_dir), jobs, device
+        self.threads = max(1, (cpu_count() if cores is None else cores) // jobs)
+
+    def __enter__(self):
+        import multiprocessing
+
+        from pipelines.competitions.leaves.train import probe_of
+
+        probe_of(self.cfg, self.data, self.device)  # once, before the folds' threads ask for it
+        self.folder = Path(tempfile.mkdtemp(prefix=".images-", dir=self.run_dir))
+        self.images = []
+        for name in ("train_images", "test_images"):
+            path = self.folder / f"{name}.npy"
+            np.save(path, getattr(self.data, name).numpy())
+            self.images.append(str(path))
+        # what a fold's process needs of the data, without the images (mapped there) or the probe (used here)
+        self.slim = dataclasses.replace(self.data, train_images=None, test_images=None, probe=None)
+        self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def fit(self, fold: int, train_idx, valid_idx) -> dict:
+        from pipelines.competitions.leaves.train import fold_seed_of, probe_of
+        from pipelines.competitions.leaves.views import fold_symmetry
+
+        symmetry = fold_symmetry(self.cfg, probe_of(self.cfg, self.data, self.device), self.data.y,
+                                 np.asarray(train_idx), fold_seed_of(self.cfg, fold))
+        return self.pool.submit(train_fold, self.cfg, self.slim, self.images, fold, np.asarray(train_idx),
+                                np.asarray(valid_idx), self.run_dir, symmetry, self.threads).result()
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, run_dir: Path, symmetry,
+               threads: int) -> dict:
+    """In the fold's process: map the images, train and predict the fold on ``threads`` threads. What it returns
+    is arrays (pickled through the pipe; a tensor would go through shared memory)."""
+    import torch
+
+    from pipelines.competitions.leaves.train import fit_fold
+
+    torch.set_num_threads(threads)
+    train_images, test_images = (torch.from_numpy(np.load(path, mmap_mode="c")) for path in images)
+    data = dataclasses.replace(data, train_images=train_images, test_images=test_images)
+    info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, torch.device("cpu"), symmetry=symmetry)
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
+
