@@ -164,8 +164,9 @@ def cross_validate(
 
     ``n_jobs`` > 1 fits that many folds (and the refit) side by side on threads: for a model that fits on
     one thread, releases the GIL and draws nothing from a global generator, so its result does not depend
-    on the order. The folds are still scored and reported in order; an exception raised by ``on_fold_end``
-    (a pruned trial, a spent time budget) cancels the folds not yet started.
+    on the order (or for a ``fit_predict`` that waits on a process of its own). The folds are still scored
+    and reported in order; an exception raised by ``on_fold_end`` (a pruned trial, a spent time budget)
+    cancels the folds not yet started and waits for the running ones, Ctrl-C or SIGTERM does not wait.
     """
     n = len(folds)
     fit_mask = np.ones(n, bool) if fit_mask is None else np.asarray(fit_mask, bool)
@@ -228,9 +229,10 @@ class _Runner:
     def __call__(self, fn, *args):
         return self.pool.submit(fn, *args) if self.pool is not None else _Later(fn, args)
 
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.pool is not None:  # Ctrl-C or SIGTERM: the caller stops what is running, it is not waited for here
+            interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+            self.pool.shutdown(wait=not interrupted, cancel_futures=True)
 
 
 class _Later:

@@ -40,11 +40,13 @@ class FoldProcesses:
 
         probe_of(self.cfg, self.data, self.device)  # once, before the folds' threads ask for it
         self.folder = Path(tempfile.mkdtemp(prefix=".images-", dir=self.run_dir))
-        self.images = []
-        for name in ("train_images", "test_images"):
-            path = self.folder / f"{name}.npy"
-            np.save(path, getattr(self.data, name).numpy())
-            self.images.append(str(path))
+        self.images = [str(self.folder / f"{name}.npy") for name in ("train_images", "test_images")]
+        try:
+            for path, images in zip(self.images, (self.data.train_images, self.data.test_images), strict=True):
+                np.save(path, images.numpy())
+        except BaseException:  # a full disk, Ctrl-C: nothing left behind
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         # what a fold's process needs of the data, without the images (mapped there) or the probe (used here)
         self.slim = dataclasses.replace(self.data, train_images=None, test_images=None, probe=None)
         self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
@@ -59,7 +61,10 @@ class FoldProcesses:
         return self.pool.submit(train_fold, self.cfg, self.slim, self.images, fold, np.asarray(train_idx),
                                 np.asarray(valid_idx), self.run_dir, symmetry, self.threads).result()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # an error, Ctrl-C or SIGTERM here: the folds still training are not waited for
+            for process in list((self.pool._processes or {}).values()):  # Python 3.14 has terminate_workers()
+                process.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -183,6 +183,7 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
     with processes or contextlib.nullcontext():
         result = cross_validate(fit_predict, folds, data.y, accuracy, n_jobs=jobs,
                                 only_folds=None if cfg.fold is None else [cfg.fold])
+    fold_info = dict(sorted(fold_info.items()))  # folds trained side by side finish in any order
     say(summary({k: (info["symmetry"], info["symmetry_record"]) for k, info in fold_info.items()}))
     trained = np.isin(folds, sorted(fold_info))
     tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])
