@@ -473,6 +473,7 @@ def test_folds_trained_in_processes_reproduce_the_folds_trained_here(tiny_leaves
         record_path, = (tmp_path / name / "subs").rglob("*.json")
         record = json.loads(record_path.read_text())
         assert record["config"]["fold_jobs"] == (2 if name == "processes" else 1)
+        assert record["fold_threads"] == {"0": max(1, cpu_count() // 2), "1": max(1, cpu_count() // 2)}
         assert not list(Path(record["run_dir"]).glob(".images-*"))
         probs.append(pd.read_csv(record_path.parent / record["files"]["tables"]["test_probs"]))
         probs[-1]["oof"] = pd.read_csv(record_path.parent / record["files"]["oof"])["pred"]
