@@ -228,10 +228,7 @@ def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None =
     in config.json, so a resumed run keeps it."""
     if cfg.compile is not None:
         return cfg
-    n_fit = n_train * (cfg.folds - 1) // cfg.folds
-    planned = (1 if cfg.fold is not None else cfg.folds) * n_fit * (cfg.epochs or auto_epochs(n_fit, cfg.batch_size,
-                                                                                               cfg.steps))
-    if device.type != "cpu" or planned < COMPILE_MIN_IMAGES:
+    if device.type != "cpu" or planned_images(cfg, n_train) < COMPILE_MIN_IMAGES:
         return dataclasses.replace(cfg, compile=False)
     from pipelines.core.training import cpp_compiler, cpu_has_bf16
 
@@ -257,11 +254,17 @@ def auto_fold_jobs(cfg: LeavesConfig, device, n_train: int, cores: int | None = 
             raise PipelineError("--fold-jobs is for a CPU run in one process (not CUDA, not torchrun)")
         return cfg
     cores = cpu_count() if cores is None else cores
-    n_fit = n_train * (cfg.folds - 1) // cfg.folds
-    planned = cfg.folds * n_fit * (cfg.epochs or auto_epochs(n_fit, cfg.batch_size, cfg.steps))
-    if not one_process_cpu or cfg.fold is not None or cfg.compile or cores < 2 or planned < FOLD_JOBS_MIN_IMAGES:
+    if (not one_process_cpu or cfg.fold is not None or cfg.compile or cores < 2
+            or planned_images(cfg, n_train) < FOLD_JOBS_MIN_IMAGES):
         return dataclasses.replace(cfg, fold_jobs=1)
     return dataclasses.replace(cfg, fold_jobs=min(cfg.folds, cores + 1))
+
+
+def planned_images(cfg: LeavesConfig, n_train: int) -> int:
+    """The images a run will train on: folds trained (one with ``--fold``) x passes x rows per fold."""
+    n_fit = n_train * (cfg.folds - 1) // cfg.folds
+    folds = 1 if cfg.fold is not None else cfg.folds
+    return folds * n_fit * (cfg.epochs or auto_epochs(n_fit, cfg.batch_size, cfg.steps))
 
 
 def auto_epochs(n_fit: int, batch_size: int, steps: int = LeavesConfig.steps) -> int:

@@ -82,4 +82,3 @@ def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, ru
     data = dataclasses.replace(data, train_images=train_images, test_images=test_images)
     info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, torch.device("cpu"), symmetry=symmetry)
     return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
-

@@ -139,7 +139,7 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
         "history": {k: v["history"] for k, v in fold_info.items()},
         "device": str(device),
         "world_size": world()[1],
-        "fold_threads": {k: v.get("threads") for k, v in fold_info.items()},  # --fold-jobs: a process per fold
+        "fold_threads": {k: v["threads"] for k, v in fold_info.items()},  # --fold-jobs: a process per fold
         "run_dir": str(run_dir),
         **cfg.extra_record,
     }

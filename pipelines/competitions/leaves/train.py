@@ -187,6 +187,8 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     shape (views, rows, classes), the symmetry and its record. ``symmetry`` is ``fold_symmetry``'s answer when
     the caller has it already (``fold_jobs``: decided in the parent, where the probe's features are).
     """
+    import torch
+
     from models.pretrained import input_stats
     from pipelines.competitions.leaves.views import fold_symmetry, predict_views, tta_elements
     from pipelines.core.checkpoint import load_checkpoint
@@ -225,14 +227,8 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
             "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
             "epochs": cfg.epochs, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
-            "symmetry_record": symmetry_record, "views": elements, "threads": _threads()}
-
-
-def _threads() -> int:
-    """The threads this process trained on: a fold's arithmetic depends on it (the record keeps it)."""
-    import torch
-
-    return torch.get_num_threads()
+            "symmetry_record": symmetry_record, "views": elements,
+            "threads": torch.get_num_threads()}  # a fold's arithmetic depends on it (the record keeps it)
 
 
 def fold_seed_of(cfg: LeavesConfig, fold: int) -> int:
