@@ -6,10 +6,13 @@ once, one thread each, get 1.15-1.3x more images through per second on 2 cores (
 threads: the augmentation, the shuffling and dropout draw from torch's global generator, which threads would
 share and interleave; a process has its own, seeded per fold, so each fold is reproducible on its own.
 
-The parent keeps what needs the whole training set: the symmetry probe's features (computed once) and each
-fold's flips-and-turns decision, sent to the fold's process with its rows. The decoded images go through two
-``.npy`` files that every process maps read-only (the page cache holds them once), not through a pipe or
-``/dev/shm`` (64 MB in a default container). What comes back is the fold's predictions and record.
+The processes are forked from a server process that imported torch, timm and this package once (``forkserver``;
+``spawn`` where the platform has none), and their first work is the symmetry probe's features, the sampled rows
+shared among them at batch bounds: both cost a few seconds of one process where they cost one import per
+process and a probe on two threads. The parent keeps what needs the whole training set: the probe's features
+and each fold's flips-and-turns decision, sent to the fold's process with its rows. The decoded images go
+through two ``.npy`` files that every process maps read-only (the page cache holds them once), not through a
+pipe or ``/dev/shm`` (64 MB in a default container). What comes back is the fold's predictions and record.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 
 
 class FoldProcesses:
-    """``fit(fold, train_idx, valid_idx)`` trains a fold in one of ``jobs`` spawned processes and returns what
+    """``fit(fold, train_idx, valid_idx)`` trains a fold in one of ``jobs`` processes and returns what
     ``train.fit_fold`` returns; a context manager (the pool and the mapped images live inside the block)."""
 
     def __init__(self, cfg, data, run_dir: Path, jobs: int, device, cores: int | None = None):
@@ -34,23 +37,32 @@ class FoldProcesses:
         self.threads = max(1, (cpu_count() if cores is None else cores) // jobs)
 
     def __enter__(self):
-        import multiprocessing
-
         from pipelines.competitions.leaves.train import probe_of
 
-        probe_of(self.cfg, self.data, self.device)  # once, before the folds' threads ask for it
         self.folder = Path(tempfile.mkdtemp(prefix=".images-", dir=self.run_dir))
         self.images = [str(self.folder / f"{name}.npy") for name in ("train_images", "test_images")]
+        self.pool = None
         try:
             for path, images in zip(self.images, (self.data.train_images, self.data.test_images), strict=True):
                 np.save(path, images.numpy())
-        except BaseException:  # a full disk, Ctrl-C: nothing left behind
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=context())
+            probe_of(self.cfg, self.data, self.device, compute=self.probe_rows)  # once, before the folds ask
+        except BaseException as err:  # a full disk, Ctrl-C: no process and no file left behind
+            self.__exit__(type(err), err, err.__traceback__)
             raise
         # what a fold's process needs of the data, without the images (mapped there) or the probe (used here)
         self.slim = dataclasses.replace(self.data, train_images=None, test_images=None, probe=None)
-        self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
         return self
+
+    def probe_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """``views.rows_features`` of ``rows``, a share of whole batches in each process."""
+        from pipelines.competitions.leaves.views import PROBE_BATCH
+
+        batches = np.array_split(np.arange(0, len(rows), PROBE_BATCH), self.jobs)
+        shares = [rows[b[0]:b[-1] + PROBE_BATCH] for b in batches if len(b)]
+        parts = [future.result() for future in
+                 [self.pool.submit(probe_share, self.images[0], share, self.threads) for share in shares]]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def fit(self, fold: int, train_idx, valid_idx) -> dict:
         from pipelines.competitions.leaves.train import fold_seed_of, probe_of
@@ -62,11 +74,40 @@ class FoldProcesses:
                                 np.asarray(valid_idx), self.run_dir, symmetry, self.threads).result()
 
     def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None:  # an error, Ctrl-C or SIGTERM here: the folds still training are not waited for
-            for process in list((self.pool._processes or {}).values()):  # Python 3.14 has terminate_workers()
-                process.terminate()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            if exc_type is not None:  # an error, Ctrl-C or SIGTERM here: the running processes are not waited for
+                for process in list((self.pool._processes or {}).values()):  # Python 3.14 has terminate_workers()
+                    process.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# What a fold's process imports: the fork server imports it once, and every process it forks starts with it
+PRELOAD = ["numpy", "torch", "timm", "timm.data", "timm.loss", "timm.utils", "models", "features.augment",
+           "features.symmetry", "pipelines.core.training", "pipelines.competitions.leaves.train",
+           "pipelines.competitions.leaves.views", "pipelines.competitions.leaves.fold_jobs"]
+
+
+def context():
+    """``forkserver`` with :data:`PRELOAD` where the platform has it (Linux, macOS), else ``spawn``. Never a
+    plain ``fork`` of this process, whose threads (torch's, the CV driver's) a fork would copy mid-flight."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def probe_share(images: str, rows: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+    """In a fold's process, before its fold: the probe's features of ``rows`` on ``threads`` threads."""
+    import torch
+
+    from pipelines.competitions.leaves.views import rows_features
+
+    torch.set_num_threads(threads)
+    return rows_features(torch.from_numpy(np.load(images, mmap_mode="c")), rows, torch.device("cpu"))
 
 
 def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, run_dir: Path, symmetry,

@@ -238,15 +238,15 @@ def fold_seed_of(cfg: LeavesConfig, fold: int) -> int:
     return seed32(cfg.seed * 1000 + fold)
 
 
-def probe_of(cfg: LeavesConfig, data: LeafData, device):
-    """The symmetry probe's features (computed once per run, on a sample of all training rows); None when
-    the flags decide every symmetry."""
+def probe_of(cfg: LeavesConfig, data: LeafData, device, compute=None):
+    """The symmetry probe's features (computed once per run, on a sample of all training rows, by
+    ``compute(rows)`` when given); None when the flags decide every symmetry."""
     from pipelines.competitions.leaves.views import flag_overrides, probe_features
 
     if None not in flag_overrides(cfg):
         return None
     if data.probe is None:
-        data.probe = probe_features(data.train_images, data.y, cfg.seed, device)
+        data.probe = probe_features(data.train_images, data.y, cfg.seed, device, compute=compute)
     return data.probe
 
 

@@ -17,6 +17,7 @@ from pipelines.core.errors import PipelineError
 
 PROBE_MODEL = "tf_efficientnet_lite0"  # frozen ImageNet features from its PyPI package: offline, on every machine
 PROBE_SIDE = 96  # the test asks which classes a flip confuses: coarse shapes (a 3 x 3 feature map), cheaper than 112 px
+PROBE_BATCH = 32
 
 
 def parse_flip(value: str | float) -> float | None:
@@ -59,22 +60,30 @@ def probe_rows(y: np.ndarray, seed: int, cap: int = 1024) -> np.ndarray:
     return np.sort(rows)
 
 
-def probe_features(images, y: np.ndarray, seed: int, device) -> ProbeFeatures:
-    """Features of the sampled rows in every view, with the packaged probe backbone."""
+def probe_features(images, y: np.ndarray, seed: int, device, compute=None) -> ProbeFeatures:
+    """Features of the sampled rows in every view, with the packaged probe backbone: ``rows_features`` here,
+    or ``compute(rows)`` (``fold_jobs`` shares the rows among its processes)."""
     import time
 
+    start = time.perf_counter()
+    rows = probe_rows(y, seed)
+    feats = compute(rows) if compute is not None else rows_features(images, rows, device)
+    return ProbeFeatures(rows, feats, time.perf_counter() - start)
+
+
+def rows_features(images, rows: np.ndarray, device) -> dict[str, np.ndarray]:
+    """The probe backbone's features of ``images[rows]`` in each of the eight views, in batches of
+    ``PROBE_BATCH`` (``fold_jobs`` splits the rows between processes at those batches' bounds)."""
     import torch
 
     from features.symmetry import view_features
     from models import create_model, input_stats
 
-    start = time.perf_counter()
-    rows = probe_rows(y, seed)
     with torch.random.fork_rng(devices=[]):  # building a model draws from torch's RNG: leave the run's stream alone
         model = create_model(PROBE_MODEL, 2, pretrained=True)
     mean, std = input_stats(model)
-    feats = view_features(model, images[torch.as_tensor(rows)], mean, std, side=PROBE_SIDE, device=device)
-    return ProbeFeatures(rows, feats, time.perf_counter() - start)
+    return view_features(model, images[torch.as_tensor(rows)], mean, std, side=PROBE_SIDE, device=device,
+                         batch_size=PROBE_BATCH)
 
 
 def flag_overrides(cfg) -> tuple[float | None, float | None, bool | None]:
