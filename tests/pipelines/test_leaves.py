@@ -455,9 +455,10 @@ def test_folds_train_side_by_side_only_on_a_long_enough_uncompiled_cpu_run_unles
 
 
 def test_folds_trained_in_processes_reproduce_the_folds_trained_here(tiny_leaves, tmp_path, capsys):
-    """``--fold-jobs 2``: each fold in a spawned process of its own, on its share of the cores, gives the
-    predictions the same fold gives trained in this process on as many threads (its seed, rows, flips and
-    images are the same); the run says it, and the temporary image files are gone."""
+    """``--fold-jobs 2``: each fold in a process of its own (forked from the fork server, which computed a
+    share of the symmetry probe first), on its share of the cores, gives the predictions the same fold gives
+    trained in this process on as many threads (its seed, rows, flips, probe figures and images are the same);
+    the run says it, and the temporary image files are gone."""
     from joblib import cpu_count
 
     assert run_leaves(tiny_leaves, tmp_path / "processes", "--fold-jobs", "2") == 0
@@ -468,16 +469,45 @@ def test_folds_trained_in_processes_reproduce_the_folds_trained_here(tiny_leaves
         assert run_leaves(tiny_leaves, tmp_path / "here", "--fold-jobs", "1") == 0
     finally:
         torch.set_num_threads(threads)
-    probs = []
+    probs, symmetry = [], []
     for name in ("processes", "here"):
         record_path, = (tmp_path / name / "subs").rglob("*.json")
         record = json.loads(record_path.read_text())
+        symmetry.append(record["symmetry"])
         assert record["config"]["fold_jobs"] == (2 if name == "processes" else 1)
         assert record["fold_threads"] == {"0": max(1, cpu_count() // 2), "1": max(1, cpu_count() // 2)}
         assert not list(Path(record["run_dir"]).glob(".images-*"))
         probs.append(pd.read_csv(record_path.parent / record["files"]["tables"]["test_probs"]))
         probs[-1]["oof"] = pd.read_csv(record_path.parent / record["files"]["oof"])["pred"]
     pd.testing.assert_frame_equal(*probs)
+    assert symmetry[0] == symmetry[1]
+
+
+def test_the_probe_shared_among_the_fold_processes_is_the_probe_computed_here(tmp_path):
+    """``FoldProcesses.probe_rows`` splits the sampled rows between its processes at batch bounds: each row's
+    features, in every view, are those one process computes on as many threads (70 rows: batches of 32, 32, 6)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipelines.competitions.leaves.fold_jobs import FoldProcesses, context
+    from pipelines.competitions.leaves.views import rows_features
+
+    images = torch.randint(0, 256, (80, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rows = np.sort(np.random.default_rng(0).choice(80, 70, replace=False))
+    processes = FoldProcesses(None, None, tmp_path, jobs=2, device="cpu", cores=2)
+    processes.images = [str(tmp_path / "train_images.npy")]
+    np.save(processes.images[0], images.numpy())
+    with ProcessPoolExecutor(2, mp_context=context()) as processes.pool:
+        shared = processes.probe_rows(rows)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(processes.threads)
+    try:
+        here = rows_features(images, rows, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert set(shared) == set(here) and len(here) == 8
+    for name in here:
+        assert shared[name].shape == (70, here[name].shape[1])
+        np.testing.assert_array_equal(shared[name], here[name])
 
 
 def test_epochs_follow_the_data_size_within_the_pass_range():
