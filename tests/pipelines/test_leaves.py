@@ -440,7 +440,7 @@ def test_folds_train_side_by_side_only_on_a_long_enough_uncompiled_cpu_run_unles
     from pipelines.core.errors import PipelineError
 
     cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), LeavesConfig(batch_size=32)
-    big, small = FOLD_JOBS_MIN_IMAGES, 30  # rows: 3 folds x 10 passes x 2/3 of them, or a few hundred images
+    big, small = FOLD_JOBS_MIN_IMAGES, 30  # rows: 3 folds x 3 passes x 2/3 of them, or a few hundred images
     assert auto_fold_jobs(cfg, cpu, big, cores=2).fold_jobs == 3
     assert auto_fold_jobs(dataclasses.replace(cfg, folds=5), cpu, big, cores=2).fold_jobs == 3
     assert auto_fold_jobs(cfg, cpu, big, cores=16).fold_jobs == 3
