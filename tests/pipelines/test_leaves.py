@@ -484,7 +484,7 @@ def test_folds_trained_in_processes_reproduce_the_folds_trained_here(tiny_leaves
 
 
 def test_the_probe_shared_among_the_fold_processes_is_the_probe_computed_here(tmp_path):
-    """``FoldProcesses.probe_rows`` splits the sampled rows between its processes at batch bounds: each row's
+    """``FoldProcesses.shared_probe_features`` splits the sampled rows between its processes at batch bounds: each row's
     features, in every view, are those one process computes on as many threads (70 rows: batches of 32, 32, 6)."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -497,7 +497,7 @@ def test_the_probe_shared_among_the_fold_processes_is_the_probe_computed_here(tm
     processes.images = [str(tmp_path / "train_images.npy")]
     np.save(processes.images[0], images.numpy())
     with ProcessPoolExecutor(2, mp_context=context()) as processes.pool:
-        shared = processes.probe_rows(rows)
+        shared = processes.shared_probe_features(rows)
     threads = torch.get_num_threads()
     torch.set_num_threads(processes.threads)
     try:

@@ -47,9 +47,10 @@ EVAL_BATCH_FACTOR = {"cpu": 1, "cuda": 2}
 # stays eager (docs/leaves.md)
 COMPILE_MIN_IMAGES = 45_000
 # a CPU run trains its folds side by side, one process each (``auto_fold_jobs``), when its planned training
-# reaches this many images: each process costs a few seconds to start (torch and timm imported again), and one
-# thread per fold trains 1.15-1.3x more images per second on 2 cores than both cores on one fold (small feature
-# maps split badly between threads; docs/leaves.md, "Folds side by side")
+# reaches this many images: the processes cost a few seconds to start (a fork server imports torch and timm for
+# them; the bound was set when each imported them itself, not re-measured since), and one thread per fold trains
+# 1.15-1.3x more images per second on 2 cores than both cores on one fold (small feature maps split badly between
+# threads; docs/leaves.md, "Folds side by side")
 FOLD_JOBS_MIN_IMAGES = 8_000
 
 

@@ -46,7 +46,7 @@ class FoldProcesses:
             for path, images in zip(self.images, (self.data.train_images, self.data.test_images), strict=True):
                 np.save(path, images.numpy())
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=context())
-            probe_of(self.cfg, self.data, self.device, compute=self.probe_rows)  # once, before the folds ask
+            probe_of(self.cfg, self.data, self.device, compute=self.shared_probe_features)  # once, before the folds ask
         except BaseException as err:  # a full disk, Ctrl-C: no process and no file left behind
             self.__exit__(type(err), err, err.__traceback__)
             raise
@@ -54,7 +54,7 @@ class FoldProcesses:
         self.slim = dataclasses.replace(self.data, train_images=None, test_images=None, probe=None)
         return self
 
-    def probe_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def shared_probe_features(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``views.rows_features`` of ``rows``, a share of whole batches in each process."""
         from pipelines.competitions.leaves.views import PROBE_BATCH
 
