@@ -483,6 +483,27 @@ def test_folds_trained_in_processes_reproduce_the_folds_trained_here(tiny_leaves
     assert symmetry[0] == symmetry[1]
 
 
+def test_the_test_set_is_predicted_by_the_weights_that_scored_the_fold_as_the_fold_was(tiny_leaves, tmp_path):
+    """The test set is predicted after the OOF rows chose the views, by a model rebuilt from the fold's
+    ``best.pt`` (pretrained, frozen groups folded, EMA weights): given the fold's own rows as its test set, it
+    gives exactly the probabilities the trained fold gave them, in every view."""
+    from pipelines.competitions.leaves import data as leaf_data
+    from pipelines.competitions.leaves.config import LeavesConfig
+    from pipelines.competitions.leaves.train import fit_fold, predict_test
+    from pipelines.core.cv import make_folds
+
+    cfg = LeavesConfig(data_dir=str(tiny_leaves), img_size=64, epochs=1, batch_size=8, folds=2, progress=False,
+                       hflip="0.5", vflip="0", rot90="on", runs_dir=str(tmp_path / "runs"))
+    device = torch.device("cpu")
+    data = leaf_data.load_data(cfg, device)
+    folds = make_folds(data.y, 2, strategy="stratified", seed=0)
+    info = fit_fold(cfg, data, 1, np.flatnonzero(folds == 0), np.flatnonzero(folds == 1), tmp_path, device)
+    assert info["views"] == ["identity", "hflip", "vflip", "rot180"] and "test_views" not in info
+    own_rows = dataclasses.replace(data, test_images=data.train_images[torch.as_tensor(np.flatnonzero(folds == 1))])
+    np.testing.assert_array_equal(predict_test(cfg, own_rows, 1, tmp_path, device, info["views"]), info["valid_views"])
+    assert predict_test(cfg, own_rows, 1, tmp_path, device, ["identity"]).shape == (1, *info["valid"].shape)
+
+
 def test_the_probe_shared_among_the_fold_processes_is_the_probe_computed_here(tmp_path):
     """``FoldProcesses.shared_probe_features`` splits the sampled rows between its processes at batch bounds: each row's
     features, in every view, are those one process computes on as many threads (70 rows: batches of 32, 32, 6)."""

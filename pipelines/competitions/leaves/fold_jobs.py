@@ -12,7 +12,8 @@ shared among them at batch bounds: both cost a few seconds of one process where 
 process and a probe on two threads. The parent keeps what needs the whole training set: the probe's features
 and each fold's flips-and-turns decision, sent to the fold's process with its rows. The decoded images go
 through two ``.npy`` files that every process maps read-only (the page cache holds them once), not through a
-pipe or ``/dev/shm`` (64 MB in a default container). What comes back is the fold's predictions and record.
+pipe or ``/dev/shm`` (64 MB in a default container). What comes back is the fold's predictions and record;
+once the views are chosen, a second task per fold predicts the test set from the fold's checkpoint.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class FoldProcesses:
         return self.pool.submit(train_fold, self.cfg, self.slim, self.images, fold, np.asarray(train_idx),
                                 np.asarray(valid_idx), self.run_dir, symmetry, self.threads).result()
 
+    def predict_test(self, views: dict[int, list[str]]) -> dict[int, np.ndarray]:
+        """``train.predict_test`` of each fold in ``views`` (fold -> its views), the folds side by side."""
+        futures = {fold: self.pool.submit(test_fold, self.cfg, self.slim, self.images, fold, self.run_dir, elements,
+                                          self.threads) for fold, elements in views.items()}
+        return {fold: future.result() for fold, future in futures.items()}
+
     def __exit__(self, exc_type, *exc) -> None:
         if self.pool is not None:
             if exc_type is not None:  # an error, Ctrl-C or SIGTERM here: the running processes are not waited for
@@ -118,8 +125,25 @@ def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, ru
 
     from pipelines.competitions.leaves.train import fit_fold
 
+    info = fit_fold(cfg, mapped(data, images, threads), fold, train_idx, valid_idx, run_dir, torch.device("cpu"),
+                    symmetry=symmetry)
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
+
+
+def test_fold(cfg, data, images: list[str], fold: int, run_dir: Path, elements: list[str], threads: int
+              ) -> np.ndarray:
+    """In a fold's process: the test set in ``elements``' views by fold ``fold``'s weights (``train.predict_test``)."""
+    import torch
+
+    from pipelines.competitions.leaves.train import predict_test
+
+    return predict_test(cfg, mapped(data, images, threads), fold, run_dir, torch.device("cpu"), elements)
+
+
+def mapped(data, images: list[str], threads: int):
+    """``data`` with its images mapped read-only from the run's ``.npy`` files, on ``threads`` threads."""
+    import torch
+
     torch.set_num_threads(threads)
     train_images, test_images = (torch.from_numpy(np.load(path, mmap_mode="c")) for path in images)
-    data = dataclasses.replace(data, train_images=train_images, test_images=test_images)
-    info = fit_fold(cfg, data, fold, train_idx, valid_idx, run_dir, torch.device("cpu"), symmetry=symmetry)
-    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
+    return dataclasses.replace(data, train_images=train_images, test_images=test_images)

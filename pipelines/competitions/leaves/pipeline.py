@@ -51,7 +51,7 @@ from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments
 )
 from pipelines.competitions.leaves.data import LeafData
 from pipelines.competitions.leaves.record import write_leaves_run
-from pipelines.competitions.leaves.train import fit_fold
+from pipelines.competitions.leaves.train import fit_fold, predict_test
 from pipelines.core import tracking
 from pipelines.core.errors import PipelineError
 from pipelines.core.metrics import accuracy  # the competition's metric
@@ -155,7 +155,8 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
 
 
 def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, run_dir: Path, device):
-    """Train every fold (or ``--fold`` alone), then choose the test-time views cross-fitted on the OOF rows.
+    """Train every fold (or ``--fold`` alone), choose the test-time views cross-fitted on the OOF rows, then
+    predict the test set with each fold's weights in the views chosen (only those).
 
     Returns the CV result (OOF and test probabilities in the chosen views, per-fold accuracy), each fold's
     :func:`fit_fold` output, and the view choice (:func:`choose_tta`).
@@ -178,19 +179,22 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
         say(f"fold {fold}: accuracy {accuracy(data.y[valid_idx], info['valid']):.4f} "
             f"(weights of epoch {info['epoch_used']} of {info['epochs']}, {info['train_seconds']:.0f} s training, "
             f"flips/turns: {info['symmetry'].describe()})")
-        return info["valid"], info["test"]
+        return info["valid"], None
 
     with processes or contextlib.nullcontext():
         result = cross_validate(fit_predict, folds, data.y, accuracy, n_jobs=jobs,
                                 only_folds=None if cfg.fold is None else [cfg.fold])
-    fold_info = dict(sorted(fold_info.items()))  # folds trained side by side finish in any order
-    say(summary({k: (info["symmetry"], info["symmetry_record"]) for k, info in fold_info.items()}))
-    trained = np.isin(folds, sorted(fold_info))
-    tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])
-    tta["views_tried"] = {k: info["views"] for k, info in fold_info.items()}
+        fold_info = dict(sorted(fold_info.items()))  # folds trained side by side finish in any order
+        say(summary({k: (info["symmetry"], info["symmetry_record"]) for k, info in fold_info.items()}))
+        trained = np.isin(folds, sorted(fold_info))
+        tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])
+        tta["views_tried"] = {k: info["views"] for k, info in fold_info.items()}
+        views = {k: info["views"][: tta["test"]] for k, info in fold_info.items()}
+        tests = processes.predict_test(views) if processes is not None else {
+            k: predict_test(cfg, data, k, run_dir, device, elements) for k, elements in views.items()}
     result.oof[trained] = tta["oof"]
     result.fold_scores = [accuracy(data.y[folds == k], result.oof[folds == k]) for k in sorted(fold_info)]
-    result.test = np.mean([info["test_views"][: tta["test"]].mean(0) for info in fold_info.values()], axis=0)
+    result.test = np.mean([tests[k].mean(0) for k in fold_info], axis=0)
     say("test-time views by OOF accuracy: " + ", ".join(f"{k}: {a:.4f}" for k, a in tta["oof_accuracy"].items())
         + f"; the test set uses {tta['test']}")
     say("fold accuracies: " + ", ".join(f"{k}: {s:.4f}" for k, s in zip(sorted(fold_info), result.fold_scores,

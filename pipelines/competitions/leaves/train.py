@@ -176,15 +176,15 @@ def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.nda
 
 def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
              on_epoch: Callable[[int, float], None] | None = None, symmetry: tuple | None = None) -> dict:
-    """Train one fold (resuming from its last checkpoint) and predict its rows and the test set once, in every
-    view of the symmetry its training rows kept.
+    """Train one fold (resuming from its last checkpoint) and predict its rows once, in every view of the
+    symmetry its training rows kept (the test set waits for the views' choice: :func:`predict_test`).
 
     The fold's rows never choose anything: the flips and turns come from the flags or from the probe on
     ``train_idx`` (``views.fold_symmetry``); with ``patience`` 0 the weights after the last epoch score them,
     else early stopping watches an inner split of ``train_idx`` (:func:`inner_split`). The fold's own rows are
     scored once, after training, unless ``on_epoch(epoch, val_acc)`` asks for every epoch (a tuner reports and
-    prunes there). Returns ``valid``/``test`` probabilities of the plain view, ``valid_views``/``test_views`` of
-    shape (views, rows, classes), the symmetry and its record. ``symmetry`` is ``fold_symmetry``'s answer when
+    prunes there). Returns ``valid``, the probabilities of the plain view, ``valid_views`` of shape (views, rows,
+    classes), the views' names, the symmetry and its record. ``symmetry`` is ``fold_symmetry``'s answer when
     the caller has it already (``fold_jobs``: decided in the parent, where the probe's features are).
     """
     import torch
@@ -222,13 +222,28 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     trainer.eval_model.load_state_dict(chosen["model"])
     elements = tta_elements(symmetry, cfg.tta)
     mean, std = input_stats(trainer.module)
-    valid_views, test_views = (predict_views(trainer, loader, elements, mean, std)
-                               for loader in (loaders.valid, loaders.test))
-    return {"valid": valid_views[0], "test": test_views[0], "valid_views": valid_views, "test_views": test_views,
+    valid_views = predict_views(trainer, loaders.valid, elements, mean, std)
+    return {"valid": valid_views[0], "valid_views": valid_views,
             "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
             "epochs": cfg.epochs, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
             "symmetry_record": symmetry_record, "views": elements,
             "threads": torch.get_num_threads()}  # a fold's arithmetic depends on it (the record keeps it)
+
+
+def predict_test(cfg: LeavesConfig, data: LeafData, fold: int, run_dir: Path, device, elements: list[str]
+                 ) -> np.ndarray:
+    """The test set's probabilities in the views ``elements`` (views, rows, classes), by the weights that scored
+    fold ``fold`` (its ``best.pt``) in a model built as the fold's was. Called once the OOF rows have chosen how
+    many views to average (``views.choose_tta``), so no view the submission does not use is predicted."""
+    from models.pretrained import input_stats
+    from pipelines.competitions.leaves.views import predict_views
+    from pipelines.core.checkpoint import load_checkpoint
+
+    cfg = auto_batch_size(cfg, device)
+    trainer = build_trainer(cfg, len(data.classes), 1, device)
+    trainer.eval_model.load_state_dict(load_checkpoint(FoldEpochs.best_checkpoint(run_dir / f"fold{fold}"))["model"])
+    loader = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
+    return predict_views(trainer, loader, elements, *input_stats(trainer.module))
 
 
 def fold_seed_of(cfg: LeavesConfig, fold: int) -> int:
@@ -254,7 +269,6 @@ class FoldLoaders(NamedTuple):
     train: object  # shuffled full uint8 batches; augmented on the device (features.augment.BatchAugment)
     valid: object  # the fold's rows: scored once after training (every epoch only for a tuner)
     stop: object | None  # the inner split early stopping watches (``patience`` > 0)
-    test: object
 
 
 def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, stop_idx,
@@ -266,9 +280,8 @@ def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_
         return data.train_images[torch.as_tensor(np.asarray(idx, dtype=np.int64))], data.y[idx]
 
     train = make_loader(*rows(train_idx), cfg, train=True, seed=fold_seed_of(cfg, fold), device=device)
-    test = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
     stop = make_loader(*rows(stop_idx), cfg, train=False, seed=0, device=device) if len(stop_idx) else None
-    return FoldLoaders(train, make_loader(*rows(valid_idx), cfg, train=False, seed=0, device=device), stop, test)
+    return FoldLoaders(train, make_loader(*rows(valid_idx), cfg, train=False, seed=0, device=device), stop)
 
 
 class FoldEpochs:
@@ -282,12 +295,16 @@ class FoldEpochs:
 
         self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
         self.view = None  # the plain view, normalised with the model's mean/std (set at the first epoch)
-        self.last, self.best = self.last_checkpoint(fold_dir), fold_dir / "best.pt"
+        self.last, self.best = self.last_checkpoint(fold_dir), self.best_checkpoint(fold_dir)
         self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
 
     @staticmethod
     def last_checkpoint(fold_dir: Path) -> Path:
         return fold_dir / "last.pt"
+
+    @staticmethod
+    def best_checkpoint(fold_dir: Path) -> Path:
+        return fold_dir / "best.pt"
 
     def resume(self, trainer) -> None:
         """Continue from ``last.pt`` if a killed run left one."""
