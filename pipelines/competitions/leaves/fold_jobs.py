@@ -114,7 +114,7 @@ def probe_share(images: str, rows: np.ndarray, threads: int) -> dict[str, np.nda
     from pipelines.competitions.leaves.views import rows_features
 
     torch.set_num_threads(threads)
-    return rows_features(torch.from_numpy(np.load(images, mmap_mode="c")), rows, torch.device("cpu"))
+    return rows_features(mapped_array(images), rows, torch.device("cpu"))
 
 
 def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, run_dir: Path, symmetry,
@@ -145,5 +145,12 @@ def mapped(data, images: list[str], threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    train_images, test_images = (torch.from_numpy(np.load(path, mmap_mode="c")) for path in images)
+    train_images, test_images = (mapped_array(path) for path in images)
     return dataclasses.replace(data, train_images=train_images, test_images=test_images)
+
+
+def mapped_array(path: str):
+    """The ``.npy`` file at ``path`` as a tensor over its pages, mapped copy-on-write (never written back)."""
+    import torch
+
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
