@@ -106,20 +106,21 @@ def _fp32_class(cls: type) -> type:
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
     """Per-step LR schedule, timm's ``CosineLRScheduler``: linear warmup from ``1/warmup_steps`` of the base LR
     (step 0) to the base LR (step ``warmup_steps``), then cosine down to ``min_factor`` of it at ``total_steps``,
-    held there after. The trainer calls its ``step_update`` after every optimizer step.
+    held there after (its end may be brought forward: :meth:`~pipelines.core.schedules.WarmupCosine.end_early`).
+    The trainer calls its ``step_update`` after every optimizer step.
 
     The groups share one base ``lr``; a group that trains faster (a new classifier) sets timm's ``lr_scale``.
     """
-    from timm.scheduler import CosineLRScheduler
+    from pipelines.core.schedules import WarmupCosine
 
     base = {group["lr"] for group in optimizer.param_groups}
     if len(base) != 1:
         raise ValueError(f"parameter groups have different base LRs {sorted(base)}: give each the same 'lr' "
                          "and scale a group with 'lr_scale'")
     lr = base.pop()
-    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_factor * lr,
-                             warmup_t=warmup_steps, warmup_lr_init=lr / max(1, warmup_steps), warmup_prefix=True,
-                             t_in_epochs=False)
+    return WarmupCosine(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_factor * lr,
+                        warmup_t=warmup_steps, warmup_lr_init=lr / max(1, warmup_steps), warmup_prefix=True,
+                        t_in_epochs=False)
 
 
 class Trainer:

@@ -87,6 +87,26 @@ def test_patience_early_stops_on_an_inner_split_never_on_the_scored_fold(tiny_le
     assert "inner split of the training folds" in record["epoch_choice"]
 
 
+def test_a_fold_that_fits_its_rows_decays_and_ends_early_and_the_record_says_so(tiny_leaves, tmp_path, capsys):
+    """Once an epoch's training accuracy reaches ``--anneal-at`` (0.01: one right guess in an epoch), the fold's
+    LR decays to its floor over one more epoch (a quarter of the epochs done, at least one) and the fold ends
+    before the 4 planned; each fold decides on its own training accuracy."""
+    assert run_leaves(tiny_leaves, tmp_path, "--epochs", "4", "--anneal-at", "0.01") == 0
+    out = capsys.readouterr().out
+    assert "the LR decays over 1 more, the fold ends at epoch" in out
+    record = json.loads(Path(out.strip().splitlines()[-1].removeprefix("submission: ")).with_suffix(".json")
+                        .read_text())
+    schedule = record["schedule"]
+    assert schedule["planned"] == {"0": 4, "1": 4} and schedule["anneal_at"] == 0.01
+    assert "0.01" in record["epoch_choice"]
+    for fold, history in record["history"].items():
+        after = schedule["annealed_after"][fold]
+        assert [h["acc"] >= 0.01 for h in history[:after]] == [False] * (after - 1) + [True]
+        assert schedule["passes_per_image"][fold] == len(history) == after + 1 < 4
+        assert record["fold_epochs_used"][fold] == after + 1
+        assert history[-1]["lr"] == pytest.approx(0.01 * 1e-3)  # the floor: 1 % of --lr
+
+
 def test_inner_split_is_a_stratified_part_of_the_training_rows():
     import numpy as np
 
@@ -271,7 +291,7 @@ def test_missing_data_dir_and_bad_fold(tmp_path, tiny_leaves, capsys):
 
 @pytest.mark.parametrize("flag", [("--data-dir", ""), ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"),
                                   ("--seed", "4294967296"), ("--crop-scale", "0"), ("--patience", "-1"),
-                                  ("--label-smoothing", "1.5")])
+                                  ("--label-smoothing", "1.5"), ("--anneal-at", "1.5"), ("--anneal-at", "nan")])
 def test_settings_out_of_range_are_one_line_before_any_work(tiny_leaves, tmp_path, capsys, flag):
     """Every numeric flag is range-checked (nan and inf included) and an empty --data-dir is refused, never
     read as 'the default data': one line, exit 2, no run folder, no submission."""

@@ -154,3 +154,22 @@ def test_warmup_cosine_schedule_seen_by_the_optimizer():
         training.warmup_cosine(torch.optim.SGD([{"params": [net.weight], "lr": 0.1},
                                                 {"params": [net.bias], "lr": 1.0}]), 1, 5)
 
+
+
+def test_a_brought_forward_end_decays_from_where_the_lr_is_to_the_floor_and_survives_a_resume():
+    """``end_early(start, stop)``: up to ``start`` the planned warmup + cosine; then a half cosine from the LR
+    at ``start`` down to the floor at ``stop``, held after; the end is in the state a checkpoint keeps."""
+    base, warmup, total, floor, start, stop = 0.1, 2, 40, 0.01, 10, 16
+    net = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=base)
+    schedule = training.warmup_cosine(optimizer, warmup, total, floor)
+    planned = [schedule._get_lr(t)[0] for t in range(total + 1)]
+    schedule.end_early(start, stop)
+    lrs = [schedule._get_lr(t)[0] for t in range(total + 1)]
+    assert lrs[: start + 1] == planned[: start + 1]
+    assert all(a > b for a, b in zip(lrs[start:stop], lrs[start + 1 : stop + 1], strict=True))
+    assert lrs[start + 1] < planned[start + 1] and lrs[stop] == pytest.approx(floor * base)
+    assert lrs[stop:] == pytest.approx([floor * base] * (total + 1 - stop))
+    fresh = training.warmup_cosine(torch.optim.SGD(net.parameters(), lr=base), warmup, total, floor)
+    fresh.load_state_dict(schedule.state_dict())
+    assert [fresh._get_lr(t)[0] for t in range(total + 1)] == lrs

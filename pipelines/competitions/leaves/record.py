@@ -28,6 +28,9 @@ def epoch_choice(cfg: LeavesConfig, epochs: int | None = None) -> str:
     if cfg.patience > 0:
         return (f"early stopping (patience {cfg.patience}) on a stratified 10% inner split of the training folds; "
                 "the scored fold never chose an epoch")
+    if cfg.anneal_at:
+        return (f"the last epoch (at most {epochs or cfg.epochs}: a fold ends early once its training accuracy "
+                f"reaches {cfg.anneal_at:g}); the scored fold never chose an epoch")
     return f"fixed: the last of {epochs or cfg.epochs} epochs; the scored fold never chose an epoch"
 
 
@@ -127,10 +130,14 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
         "schedule": {"epochs": {k: v["epochs"] for k, v in fold_info.items()},
                      "rule": "--epochs" if cfg.epochs else f"auto: about {cfg.steps} optimizer steps per fold within "
                                                            f"{EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs",
-                     "passes_per_image": {k: v["epochs"] for k, v in fold_info.items()}},
+                     "passes_per_image": {k: v["epochs"] for k, v in fold_info.items()},
+                     "planned": {k: v.get("epochs_planned", v["epochs"]) for k, v in fold_info.items()},
+                     # a fold whose training accuracy reached anneal_at after this epoch decayed and ended early
+                     "anneal_at": next((v.get("anneal_at") for v in fold_info.values()), None),
+                     "annealed_after": {k: v.get("annealed_after") for k, v in fold_info.items()}},
         "classes": data.classes,
         "trained_folds": sorted(fold_info),
-        "epoch_choice": epoch_choice(cfg, max(v["epochs"] for v in fold_info.values())),
+        "epoch_choice": epoch_choice(cfg, max(v.get("epochs_planned", v["epochs"]) for v in fold_info.values())),
         "fold_epochs_used": {k: v["epoch_used"] for k, v in fold_info.items()},
         "tta": {"views_tried": tta["views_tried"], "oof_accuracy_by_views": tta["oof_accuracy"],
                 "views_per_fold": tta["per_fold"], "views_test": tta["test"],

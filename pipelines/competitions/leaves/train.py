@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pipelines.competitions.leaves.config import LeavesConfig, auto_batch_size, auto_epochs, eval_batch_size, say
+from pipelines.competitions.leaves.config import (
+    LeavesConfig,
+    anneal_epochs,
+    auto_batch_size,
+    auto_epochs,
+    eval_batch_size,
+    say,
+)
 from pipelines.core.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -203,7 +210,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     stop_idx = np.array([], dtype=int)
     if cfg.patience > 0:
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
-    steps = _n_batches(len(train_idx), cfg)
+    steps, anneal_at = _n_batches(len(train_idx), cfg), cfg.anneal_at or None
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
     fold_dir, fit_rows = run_dir / f"fold{fold}", np.asarray(train_idx, dtype=np.int64)
     head_rows = None  # a resumed fold's checkpoint replaces the head: no probe pass for it (it draws nothing)
@@ -211,7 +218,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
         head_rows = (data.train_images, fit_rows, data.y[fit_rows])
     trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_rows=head_rows)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
-    epochs = FoldEpochs(cfg, fold, data.classes, loaders, fold_dir, on_epoch)
+    epochs = FoldEpochs(cfg, fold, data.classes, loaders, fold_dir, on_epoch, anneal_at)
     epochs.resume(trainer)
     trainer.add_callback("on_epoch_end", epochs)
     start = time.perf_counter()
@@ -225,7 +232,8 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     valid_views = predict_views(trainer, loaders.valid, elements, mean, std)
     return {"valid": valid_views[0], "valid_views": valid_views,
             "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
-            "epochs": cfg.epochs, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
+            "epochs": trainer.epoch, "epochs_planned": cfg.epochs, "annealed_after": epochs.annealed_after,
+            "anneal_at": anneal_at, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
             "symmetry_record": symmetry_record, "views": elements,
             "threads": torch.get_num_threads()}  # a fold's arithmetic depends on it (the record keeps it)
 
@@ -285,15 +293,17 @@ def fold_loaders(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_
 
 
 class FoldEpochs:
-    """A fold's ``on_epoch_end``: early-stop on the inner split, log, and checkpoint: ``best.pt`` holds the
-    weights that will score the fold, ``last.pt`` everything a killed run needs to continue exactly. The
-    fold's own rows are scored here only for a tuner's ``on_epoch`` (never used to choose)."""
+    """A fold's ``on_epoch_end``: early-stop on the inner split, end the schedule early once the fold has fit
+    its rows (:meth:`anneal`), log, and checkpoint: ``best.pt`` holds the weights that will score the fold,
+    ``last.pt`` everything a killed run needs to continue exactly. The fold's own rows are scored here only
+    for a tuner's ``on_epoch`` (never used to choose)."""
 
     def __init__(self, cfg: LeavesConfig, fold: int, classes: list[str], loaders: FoldLoaders, fold_dir: Path,
-                 on_epoch: Callable[[int, float], None] | None):
+                 on_epoch: Callable[[int, float], None] | None, anneal_at: float | None = None):
         from pipelines.core.callbacks import EarlyStopping
 
         self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
+        self.anneal_at, self.end_epoch, self.annealed_after = anneal_at, cfg.epochs, None
         self.view = None  # the plain view, normalised with the model's mean/std (set at the first epoch)
         self.last, self.best = self.last_checkpoint(fold_dir), self.best_checkpoint(fold_dir)
         self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
@@ -321,6 +331,7 @@ class FoldEpochs:
                                 "it was saved by another version: start a new run") from None
         self.stopper.load_state_dict(state["early_stopping"])
         self.history = state["history"]
+        self.end_epoch, self.annealed_after = state.get("end_epoch", self.cfg.epochs), state.get("annealed_after")
         trainer.should_stop = state["finished"]
         say(f"fold {self.fold}: resumed after epoch {trainer.epoch}")
 
@@ -345,19 +356,42 @@ class FoldEpochs:
             tr.should_stop = self.stopper.should_stop
         self.history.append({**stats, **metrics, "lr": tr.optimizer.param_groups[0]["lr"]})
         extra = "".join(f" {k} {metrics[k]:.4f}" for k in ("val_acc", "stop_acc") if k in metrics)
-        say(f"fold {self.fold} epoch {tr.epoch}/{self.cfg.epochs}: loss {stats['loss']:.3f} "
+        say(f"fold {self.fold} epoch {tr.epoch}/{self.end_epoch}: loss {stats['loss']:.3f} "
             f"acc {stats.get('acc', 0):.3f}{extra} ({stats['samples_per_s']:.0f} img/s)")
-        finished = tr.should_stop or tr.epoch >= self.cfg.epochs
+        self.anneal(tr, stats)
+        finished = tr.should_stop or tr.epoch >= self.end_epoch
+        tr.should_stop = finished
         if is_main_process():
             # without early stopping the fold is scored by its last weights: best.pt is written once, at the end
             if chosen and (finished or self.loaders.stop is not None):
                 save_checkpoint(self.best, {"model": tr.eval_model.state_dict(), "epoch": tr.epoch,
                                             "classes": self.classes})
             save_checkpoint(self.last, {"trainer": tr.state_dict(), "early_stopping": self.stopper.state_dict(),
-                                        "history": self.history, "finished": finished})
+                                        "history": self.history, "finished": finished, "end_epoch": self.end_epoch,
+                                        "annealed_after": self.annealed_after})
         barrier()
         if self.on_epoch is not None:
             self.on_epoch(tr.epoch, metrics["val_acc"])
+
+
+    def anneal(self, tr, stats: dict) -> None:
+        """Once an epoch's training accuracy (the augmented batches, as trained; the fold's rows are never
+        looked at) reaches ``anneal_at``, the fold has fit its rows: the LR leaves the planned cosine and
+        decays to its floor over the next :func:`config.anneal_epochs` epochs, where the fold ends. A fold that
+        fits early stops spending passes; one that never does trains its planned schedule unchanged."""
+        from pipelines.core.distributed import broadcast_value
+
+        if self.anneal_at is None or self.annealed_after is not None or "acc" not in stats:
+            return
+        if broadcast_value(stats["acc"]) < self.anneal_at:
+            return
+        end = tr.epoch + anneal_epochs(tr.epoch)
+        if end >= self.end_epoch:
+            return
+        tr.scheduler.end_early(tr.step, tr.step + (end - tr.epoch) * (tr.step // tr.epoch))
+        self.end_epoch, self.annealed_after = end, tr.epoch
+        say(f"fold {self.fold}: training accuracy {stats['acc']:.3f} >= {self.anneal_at:g} after epoch {tr.epoch}: "
+            f"the LR decays over {end - tr.epoch} more, the fold ends at epoch {end} of {self.cfg.epochs}")
 
 
 def _n_batches(n: int, cfg: LeavesConfig) -> int:
