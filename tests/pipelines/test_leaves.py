@@ -107,6 +107,39 @@ def test_a_fold_that_fits_its_rows_decays_and_ends_early_and_the_record_says_so(
         assert history[-1]["lr"] == pytest.approx(0.01 * 1e-3)  # the floor: 1 % of --lr
 
 
+def test_a_run_stopped_right_after_its_fold_annealed_resumes_into_the_same_end(tiny_leaves, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Ctrl-C just after the epoch whose training accuracy triggered the decay: the resumed fold keeps the
+    brought-forward end (from ``last.pt``), trains only the decay's epoch and ends with the weights of a run
+    that was never stopped."""
+    from pipelines.competitions.leaves import train
+
+    args = ("--epochs", "6", "--anneal-at", "0.01", "--fold", "0")
+    assert run_leaves(tiny_leaves, tmp_path / "straight", *args) == 0
+    original, stopped = train.FoldEpochs.__call__, []
+
+    def stop_after_the_decision(self, tr, stats):
+        original(self, tr, stats)
+        if self.annealed_after == tr.epoch and not stopped:
+            stopped.append(tr.epoch)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.FoldEpochs, "__call__", stop_after_the_decision)
+    assert run_leaves(tiny_leaves, tmp_path / "killed", *args) != 0 and stopped
+    monkeypatch.setattr(train.FoldEpochs, "__call__", original)
+    (run_dir,) = (tmp_path / "killed" / "runs" / "leaves").iterdir()
+    capsys.readouterr()
+    assert main(["leaves", "--resume", str(run_dir), "--out-dir", str(tmp_path / "subs"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed after epoch {stopped[0]}" in out and f"epoch {stopped[0] + 1}/{stopped[0] + 1}:" in out
+    a, b = (torch.load(next((tmp_path / name / "runs" / "leaves").glob("*/fold0/last.pt")), weights_only=False)
+            for name in ("straight", "killed"))
+    assert a["trainer"]["epoch"] == b["trainer"]["epoch"] == stopped[0] + 1 < 6
+    assert a["end_epoch"] == b["end_epoch"] and a["annealed_after"] == b["annealed_after"] == stopped[0]
+    for key, value in a["trainer"]["ema"].items():
+        assert torch.equal(value, b["trainer"]["ema"][key]), key
+
+
 def test_inner_split_is_a_stratified_part_of_the_training_rows():
     import numpy as np
 
