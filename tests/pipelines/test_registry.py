@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import pipelines.competitions as registry
-from pipelines.__main__ import build_parser, main
+from pipelines.__main__ import build_parser, commands, main
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import RECORD_VERSION, RunRecord, upgrade
 
@@ -116,3 +116,12 @@ def test_older_records_are_upgraded_in_one_place():
     assert upgrade({**unnamed_house, "competition": "elsewhere"})["metric"] == "cv"  # unknown: no guess
     with pytest.raises(ValueError, match="newer"):
         upgrade({**house.to_dict(), "version": RECORD_VERSION + 1})
+
+
+@pytest.mark.parametrize("command", sorted(commands()))
+def test_every_command_prints_its_help(command, capsys):
+    """``--help`` renders every flag's text (argparse %-formats it: a stray '%' in a help string breaks it)."""
+    with pytest.raises(SystemExit) as done:
+        build_parser([command]).parse_args([command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m pipelines {command}")

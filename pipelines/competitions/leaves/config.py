@@ -139,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "cutmix", "mix_prob", "crop_scale", "rotation", "jitter", "ema_decay"):
         a(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
     a("--anneal-at", type=float, default=d.anneal_at, metavar="ACC", help="end a fold early once it fits its rows: "
-      f"when an epoch's training accuracy reaches ACC, the LR decays over the next {ANNEAL_SHARE:.0%} of the epochs "
+      f"when an epoch's training accuracy reaches ACC, the LR decays over the next {ANNEAL_SHARE:.0%}% of the epochs "
       "done and the fold ends (default 0: off; 0.97 trained easy sets about a third faster for ~0.005 accuracy)")
     a("--head-init", default=d.head_init, choices=["zero", "probe"],
       help="a pretrained model's new classifier starts at zero or at the linear probe of the fold's training rows")
