@@ -155,7 +155,6 @@ def test_warmup_cosine_schedule_seen_by_the_optimizer():
                                                 {"params": [net.bias], "lr": 1.0}]), 1, 5)
 
 
-
 def test_a_brought_forward_end_decays_from_where_the_lr_is_to_the_floor_and_survives_a_resume():
     """``end_early(start, stop)``: up to ``start`` the planned warmup + cosine; then a half cosine from the LR
     at ``start`` down to the floor at ``stop``, held after; the end is in the state a checkpoint keeps."""

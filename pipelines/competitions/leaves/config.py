@@ -178,7 +178,7 @@ def config_from_args(args: argparse.Namespace) -> LeavesConfig:
 FLOAT_RANGES = {"lr": (1e-12, 10), "head_lr_mult": (0, 1e4), "weight_decay": (0, 10), "warmup_epochs": (0, 1e4),
                 "grad_clip": (0, 1e6), "label_smoothing": (0, 0.99), "mixup": (0, 100), "cutmix": (0, 100),
                 "mix_prob": (0, 1), "crop_scale": (0.01, 1), "rotation": (0, 180), "jitter": (0, 1),
-                "ema_decay": (0, 0.99999)}
+                "ema_decay": (0, 0.99999), "anneal_at": (0, 1)}
 
 
 def check_config(cfg: LeavesConfig) -> None:
@@ -195,8 +195,6 @@ def check_config(cfg: LeavesConfig) -> None:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and low <= value <= high):
             raise PipelineError(f"--{name.replace('_', '-')} must be a number in [{low:g}, {high:g}], got {value}")
-    if not (math.isfinite(cfg.anneal_at) and 0 <= cfg.anneal_at <= 1):
-        raise PipelineError(f"--anneal-at must be a training accuracy in [0, 1] (0: off), got {cfg.anneal_at}")
     if cfg.seed is not None and not 0 <= cfg.seed < SEED_SPACE:
         raise PipelineError(f"--seed must be in 0..{SEED_SPACE - 1}, got {cfg.seed}")
     if cfg.tta > 8:

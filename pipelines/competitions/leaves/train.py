@@ -210,7 +210,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     stop_idx = np.array([], dtype=int)
     if cfg.patience > 0:
         train_idx, stop_idx = inner_split(data.y, np.asarray(train_idx), fold_seed)
-    steps, anneal_at = _n_batches(len(train_idx), cfg), cfg.anneal_at or None
+    steps = _n_batches(len(train_idx), cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
     fold_dir, fit_rows = run_dir / f"fold{fold}", np.asarray(train_idx, dtype=np.int64)
     head_rows = None  # a resumed fold's checkpoint replaces the head: no probe pass for it (it draws nothing)
@@ -218,7 +218,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
         head_rows = (data.train_images, fit_rows, data.y[fit_rows])
     trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_rows=head_rows)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
-    epochs = FoldEpochs(cfg, fold, data.classes, loaders, fold_dir, on_epoch, anneal_at)
+    epochs = FoldEpochs(cfg, fold, data.classes, loaders, fold_dir, on_epoch)
     epochs.resume(trainer)
     trainer.add_callback("on_epoch_end", epochs)
     start = time.perf_counter()
@@ -233,7 +233,7 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     return {"valid": valid_views[0], "valid_views": valid_views,
             "history": epochs.history, "train_seconds": train_seconds, "epoch_used": int(chosen["epoch"]),
             "epochs": trainer.epoch, "epochs_planned": cfg.epochs, "annealed_after": epochs.annealed_after,
-            "anneal_at": anneal_at, "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
+            "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
             "symmetry_record": symmetry_record, "views": elements,
             "threads": torch.get_num_threads()}  # a fold's arithmetic depends on it (the record keeps it)
 
@@ -299,11 +299,11 @@ class FoldEpochs:
     for a tuner's ``on_epoch`` (never used to choose)."""
 
     def __init__(self, cfg: LeavesConfig, fold: int, classes: list[str], loaders: FoldLoaders, fold_dir: Path,
-                 on_epoch: Callable[[int, float], None] | None, anneal_at: float | None = None):
+                 on_epoch: Callable[[int, float], None] | None):
         from pipelines.core.callbacks import EarlyStopping
 
         self.cfg, self.fold, self.classes, self.loaders, self.on_epoch = cfg, fold, classes, loaders, on_epoch
-        self.anneal_at, self.end_epoch, self.annealed_after = anneal_at, cfg.epochs, None
+        self.end_epoch, self.annealed_after = cfg.epochs, None  # anneal() may bring the end forward
         self.view = None  # the plain view, normalised with the model's mean/std (set at the first epoch)
         self.last, self.best = self.last_checkpoint(fold_dir), self.best_checkpoint(fold_dir)
         self.stopper, self.history = EarlyStopping(cfg.patience, mode="max"), []
@@ -373,24 +373,23 @@ class FoldEpochs:
         if self.on_epoch is not None:
             self.on_epoch(tr.epoch, metrics["val_acc"])
 
-
     def anneal(self, tr, stats: dict) -> None:
         """Once an epoch's training accuracy (the augmented batches, as trained; the fold's rows are never
-        looked at) reaches ``anneal_at``, the fold has fit its rows: the LR leaves the planned cosine and
+        looked at) reaches ``--anneal-at`` (0: off), the fold has fit its rows: the LR leaves the planned cosine and
         decays to its floor over the next :func:`config.anneal_epochs` epochs, where the fold ends. A fold that
         fits early stops spending passes; one that never does trains its planned schedule unchanged."""
         from pipelines.core.distributed import broadcast_value
 
-        if self.anneal_at is None or self.annealed_after is not None or "acc" not in stats:
+        if not self.cfg.anneal_at or self.annealed_after is not None or "acc" not in stats:
             return
-        if broadcast_value(stats["acc"]) < self.anneal_at:
+        if broadcast_value(stats["acc"]) < self.cfg.anneal_at:
             return
         end = tr.epoch + anneal_epochs(tr.epoch)
         if end >= self.end_epoch:
             return
         tr.scheduler.end_early(tr.step, tr.step + (end - tr.epoch) * (tr.step // tr.epoch))
         self.end_epoch, self.annealed_after = end, tr.epoch
-        say(f"fold {self.fold}: training accuracy {stats['acc']:.3f} >= {self.anneal_at:g} after epoch {tr.epoch}: "
+        say(f"fold {self.fold}: training accuracy {stats['acc']:.3f} >= {self.cfg.anneal_at:g} after epoch {tr.epoch}: "
             f"the LR decays over {end - tr.epoch} more, the fold ends at epoch {end} of {self.cfg.epochs}")
 
 
