@@ -458,31 +458,37 @@ def test_batch_size_follows_the_device_unless_given():
     assert eval_batch_size(LeavesConfig(batch_size=48), torch.device("cpu")) == 48
 
 
-def test_compile_is_chosen_for_long_cpu_runs_with_a_compiler_unless_a_flag_says():
-    """Compiling costs a fixed first compile: only a CPU run long enough to repay it compiles by default; no C++
-    compiler, a CPU without hardware bf16 or a CUDA device means eager; ``--compile``/``--no-compile`` always win
-    (no GPU needed: only the device type is read)."""
-    from functools import partial
-
+def test_compile_is_off_unless_asked_and_a_cpu_compile_without_a_cpp_compiler_is_refused_in_one_line():
+    """A first run on 2 CPU cores trained faster eager (folds side by side) than compiled, so ``--compile`` opts in;
+    asked for on a CPU where no C++ compiler works, it is refused before the data loads instead of failing a
+    minute into tracing (no GPU needed: only the device type is read)."""
     import torch
 
-    from pipelines.competitions.leaves import config
-    from pipelines.competitions.leaves.config import COMPILE_MIN_IMAGES, LeavesConfig
+    from pipelines.competitions.leaves.config import LeavesConfig, check_compile
+    from pipelines.core.errors import PipelineError
 
-    auto_compile = partial(config.auto_compile, hardware_bf16=True)
-    cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), LeavesConfig(batch_size=32)
-    big, small = 10 * COMPILE_MIN_IMAGES, 300  # rows: thousands of trained images a fold, or a few
-    assert auto_compile(cfg, cpu, big, compiler="/usr/bin/g++").compile is True
-    assert auto_compile(cfg, cpu, small, compiler="/usr/bin/g++").compile is False
-    assert auto_compile(cfg, cpu, big, compiler=None).compile is False
-    assert auto_compile(cfg, cuda, big, compiler="/usr/bin/g++").compile is False
-    assert auto_compile(LeavesConfig(batch_size=32, compile=False), cpu, big, compiler="g++").compile is False
-    assert auto_compile(LeavesConfig(batch_size=32, compile=True), cpu, small, compiler=None).compile is True
-    one_fold = LeavesConfig(batch_size=32, fold=0, epochs=3)  # --fold k trains a third of a full run
-    n = COMPILE_MIN_IMAGES // 6 + 32  # rows whose full run (3 folds x 3 epochs x 2/3 of the rows) reaches it
-    assert auto_compile(dataclasses.replace(one_fold, fold=None), cpu, n, compiler="g++").compile is True
-    assert auto_compile(one_fold, cpu, n, compiler="g++").compile is False
-    assert config.auto_compile(cfg, cpu, big, compiler="g++", hardware_bf16=False).compile is False
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert check_compile(LeavesConfig(), cpu, compiler="/usr/bin/g++").compile is False  # left out: off
+    assert check_compile(LeavesConfig(), cpu, compiler=None).compile is False
+    assert check_compile(LeavesConfig(compile=False), cpu, compiler="/usr/bin/g++").compile is False
+    assert check_compile(LeavesConfig(compile=True), cpu, compiler="/usr/bin/g++").compile is True
+    assert check_compile(LeavesConfig(compile=True), cuda, compiler=None).compile is True  # CUDA builds with triton
+    with pytest.raises(PipelineError, match=r"--compile on a CPU needs a C\+\+ compiler") as err:
+        check_compile(LeavesConfig(compile=True), cpu, compiler=None)
+    assert "\n" not in str(err.value)
+
+
+def test_a_cpu_compile_without_a_working_cpp_compiler_stops_before_the_data_loads(tmp_path, capsys):
+    """Through the CLI: inductor's own override names a compiler that cannot compile; the run says so in one
+    line and writes no run folder (the check comes before the data is read)."""
+    from torch._inductor import config as inductor
+
+    with inductor.patch({"cpp.cxx": (None, "/bin/false")}):  # inductor's own override, undone on exit
+        rc = main(["leaves", "--compile", "--data-dir", str(tmp_path / "absent"), "--runs-dir",
+                   str(tmp_path / "runs"), "--out-dir", str(tmp_path / "subs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "C++ compiler" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "subs").exists()
 
 
 def test_folds_train_side_by_side_only_on_a_long_enough_uncompiled_cpu_run_unless_a_flag_says():

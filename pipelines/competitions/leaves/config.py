@@ -44,14 +44,11 @@ BATCH_SIZES = {"cpu": 32, "cuda": 128}
 # inference batch per training batch: twice as large feeds a GPU; on a 2-core CPU the training batch itself
 # predicted 10-25 % faster than twice it (efficientnet-lite0, 96 and 112 px: 391-428 against 341-351 img/s)
 EVAL_BATCH_FACTOR = {"cpu": 1, "cuda": 2}
-# torch.compile (inductor) on a CPU with hardware bf16: efficientnet-lite0 trained 1.2-1.5x faster on two 2-core
-# Xeons after a first compile of 46-95 s that later folds reuse; from about this many trained images a run
-# (folds x epochs x rows) the compile pays for itself on the three bf16 Xeons measured (break-even 23,000 on the
-# fastest, 36,000-75,000 and about 41,000 on the two slower; a 30,000-image set ran 320 s compiled against 307 s
-# eager), so sets of up to about 1,750 training rows (13 passes over two thirds of them in 3 folds) stay eager and
-# ELPV's 51,168 compiles. On a CPU without bf16 (an EPYC) it gained nothing and the compile was lost, so such a CPU
-# stays eager (docs/leaves.md)
-COMPILE_MIN_IMAGES = 45_000
+# torch.compile (inductor) is opt-in on a CPU (``--compile``). On 2 cores a first run (empty inductor cache, as on
+# a fresh machine) trained ELPV faster eager with its folds side by side on every CPU measured: 354 against 372 s
+# on a Xeon with AMX, 240 against 351 s on an AMD EPYC with AVX-512 BF16, where the compiled model was not even
+# faster per image (205-250 against 250-265 img/s eager). Only a warm cache on the AMX Xeon won (329 against 369 s),
+# which a user re-running one set may want (docs/leaves.md, "Compiling on CPU")
 # a CPU run trains its folds side by side, one process each (``auto_fold_jobs``), when its planned training
 # reaches this many images: the processes cost a few seconds to start (a fork server imports torch and timm for
 # them; the bound was set when each imported them itself, not re-measured since), and one thread per fold trains
@@ -102,7 +99,7 @@ class LeavesConfig:
     rot90: str = "auto"  # random quarter turns: on, off or auto
     tta: int = 4  # test-time views tried: the identity, then the kept flips and turns; the count kept on OOF
     workers: int = -1  # -1: 0 on small CPUs, else up to 8
-    compile: bool | None = None  # None: auto_compile (on for a long enough CPU run), resolved before training
+    compile: bool | None = None  # None: off (check_compile resolves it before training; --compile opts in)
     fold_jobs: int | None = None  # folds trained at once, a process each (None: auto_fold_jobs), resolved likewise
     amp: bool = True  # autocast: bf16 on a CPU with hardware bf16 (AVX-512 BF16/AMX), bf16/fp16 on CUDA
     progress: bool = True
@@ -145,9 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="a pretrained model's new classifier starts at zero or at the linear probe of the fold's training rows")
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
-    a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default: on for a CPU "
-      f"run of at least {COMPILE_MIN_IMAGES:,} trained images on a CPU with hardware bf16 and a C++ compiler, "
-      "else off)")
+    a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default off: a first "
+      "run on 2 CPU cores trained faster eager with its folds side by side; on a CPU it needs a C++ compiler)")
     a("--fold-jobs", type=int, help="folds trained side by side on a CPU, each in its own process with its share "
       f"of the cores (default: every fold at once for a CPU run of at least {FOLD_JOBS_MIN_IMAGES:,} trained images "
       "that is not compiled, else 1)")
@@ -231,26 +227,20 @@ def _kind(device) -> str:
     return "cuda" if device.type == "cuda" else "cpu"
 
 
-def auto_compile(cfg: LeavesConfig, device, n_train: int, compiler: str | None = "auto",
-                 hardware_bf16: bool | None = None) -> LeavesConfig:
-    """``cfg`` with ``compile`` resolved when the flag left it out: on for a CPU run whose planned training
-    (folds x epochs x rows per fold) reaches :data:`COMPILE_MIN_IMAGES`, on a CPU with hardware bf16
-    (``hardware_bf16``, default :func:`pipelines.core.training.cpu_has_bf16`: compiling gained 1.2-1.5x on two
-    such Xeons and nothing on an EPYC without it, docs/leaves.md) and where a C++ compiler can build inductor's
-    kernels (``compiler``: its name, ``auto`` asks inductor's own search,
-    :func:`pipelines.core.training.cpp_compiler`); off on CUDA, where it was not measured. The decision is saved
-    in config.json, so a resumed run keeps it."""
-    if cfg.compile is not None:
-        return cfg
-    if device.type != "cpu" or planned_images(cfg, n_train) < COMPILE_MIN_IMAGES:
+def check_compile(cfg: LeavesConfig, device, compiler: str | None = "auto") -> LeavesConfig:
+    """``cfg`` with ``compile`` resolved: off unless ``--compile`` asked (module comment above). A CPU compile
+    needs a C++ compiler for inductor's kernels (``compiler``: its path, ``auto`` asks inductor's own search,
+    :func:`pipelines.core.training.cpp_compiler`); without one it would fail only after tracing (54 s lost, then
+    eager), so it is refused in one line before the data loads. Saved in config.json: a resume keeps it."""
+    if not cfg.compile:
         return dataclasses.replace(cfg, compile=False)
-    from pipelines.core.training import cpp_compiler, cpu_has_bf16
+    if device.type == "cpu":
+        from pipelines.core.training import cpp_compiler
 
-    if not (cpu_has_bf16() if hardware_bf16 is None else hardware_bf16):
-        return dataclasses.replace(cfg, compile=False)
-    if compiler == "auto":
-        compiler = cpp_compiler()
-    return dataclasses.replace(cfg, compile=compiler is not None)
+        if (cpp_compiler() if compiler == "auto" else compiler) is None:
+            raise PipelineError("--compile on a CPU needs a C++ compiler for inductor's kernels and none works here "
+                                "(set $CXX or install g++), or leave --compile out")
+    return cfg
 
 
 def auto_fold_jobs(cfg: LeavesConfig, device, n_train: int, cores: int | None = None) -> LeavesConfig:

@@ -43,8 +43,8 @@ from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments
     LeavesConfig,
     add_arguments,
     auto_batch_size,
-    auto_compile,
     auto_fold_jobs,
+    check_compile,
     check_config,
     config_from_args,
     say,
@@ -137,9 +137,9 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
+    cfg = check_compile(cfg, device)  # likewise (a CPU compile without a C++ compiler), saved below
     data = leaf_data.load_data(cfg, device)  # through its module: a test's monkeypatch takes effect
-    cfg = auto_compile(cfg, device, len(data.train))  # likewise saved below
-    cfg = auto_fold_jobs(cfg, device, len(data.train))  # after the compile decision it depends on
+    cfg = auto_fold_jobs(cfg, device, len(data.train))  # saved below too: a fold's arithmetic depends on it
     if is_main_process():
         from pipelines.core.files import atomic_write
 
