@@ -464,15 +464,16 @@ def test_compile_is_off_unless_asked_and_a_cpu_compile_without_a_cpp_compiler_is
     minute into tracing (no GPU needed: only the device type is read)."""
     import torch
 
-    from pipelines.competitions.leaves.config import LeavesConfig, check_compile
+    from pipelines.__main__ import build_parser
+    from pipelines.competitions.leaves.config import LeavesConfig, check_compile, config_from_args
     from pipelines.core.errors import PipelineError
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert check_compile(LeavesConfig(), cpu, compiler="/usr/bin/g++").compile is False  # left out: off
-    assert check_compile(LeavesConfig(), cpu, compiler=None).compile is False
-    assert check_compile(LeavesConfig(compile=False), cpu, compiler="/usr/bin/g++").compile is False
-    assert check_compile(LeavesConfig(compile=True), cpu, compiler="/usr/bin/g++").compile is True
-    assert check_compile(LeavesConfig(compile=True), cuda, compiler=None).compile is True  # CUDA builds with triton
+    assert LeavesConfig().compile is False  # left out: off
+    assert config_from_args(build_parser(["leaves"]).parse_args(["leaves"])).compile is False  # the CLI's default too
+    check_compile(LeavesConfig(), cpu, compiler=None)  # not asked: no compiler needed
+    check_compile(LeavesConfig(compile=True), cpu, compiler="/usr/bin/g++")
+    check_compile(LeavesConfig(compile=True), cuda, compiler=None)  # CUDA builds with triton, not a C++ compiler
     with pytest.raises(PipelineError, match=r"--compile on a CPU needs a C\+\+ compiler") as err:
         check_compile(LeavesConfig(compile=True), cpu, compiler=None)
     assert "\n" not in str(err.value)

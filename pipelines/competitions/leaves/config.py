@@ -99,7 +99,7 @@ class LeavesConfig:
     rot90: str = "auto"  # random quarter turns: on, off or auto
     tta: int = 4  # test-time views tried: the identity, then the kept flips and turns; the count kept on OOF
     workers: int = -1  # -1: 0 on small CPUs, else up to 8
-    compile: bool | None = None  # None: off (check_compile resolves it before training; --compile opts in)
+    compile: bool = False  # torch.compile the model (opt-in; a CPU compile needs a C++ compiler: check_compile)
     fold_jobs: int | None = None  # folds trained at once, a process each (None: auto_fold_jobs), resolved likewise
     amp: bool = True  # autocast: bf16 on a CPU with hardware bf16 (AVX-512 BF16/AMX), bf16/fp16 on CUDA
     progress: bool = True
@@ -142,8 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="a pretrained model's new classifier starts at zero or at the linear probe of the fold's training rows")
     a("--auto-augment", default=d.auto_augment, choices=["trivial", "rand", "imagenet", "none"])
     a("--fold", type=int, help="train only this fold")
-    a("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (default off: a first "
-      "run on 2 CPU cores trained faster eager with its folds side by side; on a CPU it needs a C++ compiler)")
+    a("--compile", action=argparse.BooleanOptionalAction, default=d.compile, help="torch.compile the model (default "
+      "off: a first run on 2 CPU cores trained faster eager with its folds side by side; on a CPU it needs a C++ "
+      "compiler)")
     a("--fold-jobs", type=int, help="folds trained side by side on a CPU, each in its own process with its share "
       f"of the cores (default: every fold at once for a CPU run of at least {FOLD_JOBS_MIN_IMAGES:,} trained images "
       "that is not compiled, else 1)")
@@ -227,20 +228,17 @@ def _kind(device) -> str:
     return "cuda" if device.type == "cuda" else "cpu"
 
 
-def check_compile(cfg: LeavesConfig, device, compiler: str | None = "auto") -> LeavesConfig:
-    """``cfg`` with ``compile`` resolved: off unless ``--compile`` asked (module comment above). A CPU compile
-    needs a C++ compiler for inductor's kernels (``compiler``: its path, ``auto`` asks inductor's own search,
-    :func:`pipelines.core.training.cpp_compiler`); without one it would fail only after tracing (54 s lost, then
-    eager), so it is refused in one line before the data loads. Saved in config.json: a resume keeps it."""
-    if not cfg.compile:
-        return dataclasses.replace(cfg, compile=False)
-    if device.type == "cpu":
-        from pipelines.core.training import cpp_compiler
+def check_compile(cfg: LeavesConfig, device, compiler: str | None = "auto") -> None:
+    """Refuse ``--compile`` on a CPU where no C++ compiler can build inductor's kernels (``compiler``: its path,
+    ``auto`` asks inductor's own search, :func:`pipelines.core.training.cpp_compiler`), in one line before the data
+    loads: a compile without one would fail only after tracing (54 s lost, then eager)."""
+    if not cfg.compile or device.type != "cpu":
+        return
+    from pipelines.core.training import cpp_compiler
 
-        if (cpp_compiler() if compiler == "auto" else compiler) is None:
-            raise PipelineError("--compile on a CPU needs a C++ compiler for inductor's kernels and none works here "
-                                "(set $CXX or install g++), or leave --compile out")
-    return cfg
+    if (cpp_compiler() if compiler == "auto" else compiler) is None:
+        raise PipelineError("--compile on a CPU needs a C++ compiler for inductor's kernels and none works here "
+                            "(set $CXX or install g++), or leave --compile out")
 
 
 def auto_fold_jobs(cfg: LeavesConfig, device, n_train: int, cores: int | None = None) -> LeavesConfig:

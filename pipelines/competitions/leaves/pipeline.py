@@ -137,7 +137,7 @@ def prepare_run(cfg: LeavesConfig) -> tuple[LeavesConfig, Path, torch.device, Le
     if cfg.fold is not None and not 0 <= cfg.fold < cfg.folds:
         raise PipelineError(f"--fold {cfg.fold} is outside 0..{cfg.folds - 1}")
     weights = weights_record(cfg.model, cfg.pretrained, cfg.pretrained_file)  # fails before data loads
-    cfg = check_compile(cfg, device)  # likewise (a CPU compile without a C++ compiler), saved below
+    check_compile(cfg, device)  # likewise: a CPU compile without a C++ compiler
     data = leaf_data.load_data(cfg, device)  # through its module: a test's monkeypatch takes effect
     cfg = auto_fold_jobs(cfg, device, len(data.train))  # saved below too: a fold's arithmetic depends on it
     if is_main_process():
