@@ -103,6 +103,24 @@ def _fp32_class(cls: type) -> type:
     return _FP32_CLASSES[cls]
 
 
+def adamw(params, *, lr: float = 1e-3, weight_decay: float = 0.01, device: torch.device | str = "cpu"
+          ) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where ``device`` has one (:func:`fused_optimizer`), else its default.
+
+    The same update in one kernel over every weight instead of a loop of per-tensor ops: for
+    efficientnet-lite0 with its stem and three stages frozen (3.3 M trained weights), ``optimizer.step()``
+    took 6-7 ms instead of 20 ms on one core of a 2-core CPU, about 4 % of a training step at 96 px.
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_optimizer(device) or None)
+
+
+def fused_optimizer(device: torch.device | str) -> bool:
+    """Whether torch has fused optimizer kernels (AdamW's among them) for ``device``'s type."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return torch.device(device).type in _get_fused_kernels_supported_devices()
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
     """Per-step LR schedule, timm's ``CosineLRScheduler``: linear warmup from ``1/warmup_steps`` of the base LR
     (step 0) to the base LR (step ``warmup_steps``), then cosine down to ``min_factor`` of it at ``total_steps``,

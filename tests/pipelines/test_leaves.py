@@ -181,6 +181,7 @@ def test_pretrained_head_starts_at_uniform_loss():
 
     trainer = build_trainer(LeavesConfig(progress=False, batch_size=32, head_init="zero"), n_classes=4,
                             steps_per_epoch=1, device=torch.device("cpu"))
+    assert trainer.optimizer.defaults["fused"]  # torch's fused AdamW kernel on CPU (training.adamw)
     trainer.module.eval()
     logits = trainer.module(torch.rand(2, 3, 64, 64))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3]))

@@ -172,3 +172,22 @@ def test_a_brought_forward_end_decays_from_where_the_lr_is_to_the_floor_and_surv
     fresh = training.warmup_cosine(torch.optim.SGD(net.parameters(), lr=base), warmup, total, floor)
     fresh.load_state_dict(schedule.state_dict())
     assert [fresh._get_lr(t)[0] for t in range(total + 1)] == lrs
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel_and_updates_as_the_loop_does():
+    """The fused kernel is the same AdamW: five steps of it and of the per-tensor loop end at the same weights."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))]
+    nets.append(copy.deepcopy(nets[0]))
+    start = copy.deepcopy(nets[0])
+    fused = training.adamw(nets[0].parameters(), lr=1e-2, weight_decay=0.05, device=torch.device("cpu"))
+    loop = torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=0.05, foreach=False)
+    assert fused.defaults["fused"] and training.fused_optimizer("cuda") and not training.fused_optimizer("meta")
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, loop), strict=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b, a0 in zip(nets[0].parameters(), nets[1].parameters(), start.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, a0, atol=1e-3)

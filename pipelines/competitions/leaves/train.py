@@ -78,7 +78,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     from features.augment import BatchAugment
     from features.symmetry import Symmetry
     from models import create_model, get_classifier, input_stats
-    from pipelines.core.training import Trainer, warmup_cosine
+    from pipelines.core.training import Trainer, adamw, warmup_cosine
 
     model = create_model(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
                          zero_head=bool(cfg.pretrained or cfg.pretrained_file))
@@ -93,7 +93,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if id(p) not in head], "lr": cfg.lr},
               {"params": [p for p in params if id(p) in head], "lr": cfg.lr, "lr_scale": cfg.head_lr_mult}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    optimizer = adamw([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     epochs = cfg.epochs or auto_epochs(steps_per_epoch * cfg.batch_size, cfg.batch_size, cfg.steps)
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
     mix = None
