@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.competitions.house_prices.estimators import FRAME_MODELS, NativeCategories, make_model
+from pipelines.competitions.house_prices.estimators import FRAME_MODELS, make_model
 
 
 def _frame(rows: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -29,7 +29,7 @@ def test_the_text_columns_are_catboosts_categorical_features_and_drive_its_predi
 def test_a_missing_category_is_its_own_level_and_a_matrix_is_refused():
     X, y = _frame(200, seed=1)
     X.loc[:9, "town"] = None
-    model = NativeCategories(make_model("catboost", seed=0, iterations=30, seeds=1)).fit(X, y)
+    model = make_model("catboost_native", seed=0, iterations=30, seeds=1).fit(X, y)
     assert np.isfinite(model.predict(X)).all()
     with pytest.raises(TypeError, match="feature frame"):
-        NativeCategories(make_model("catboost", seed=0, iterations=30, seeds=1)).fit(X.to_numpy(), y)
+        make_model("catboost_native", seed=0, iterations=30, seeds=1).fit(X.to_numpy(), y)
