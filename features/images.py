@@ -73,18 +73,28 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x.float() / 255 - m) / s
 
 
-def median_side(paths: Sequence[str | Path]) -> int:
-    """Median shorter side over every image, read from the headers only (no pixel is decoded)."""
-    sides = []
+def header_sizes(paths: Sequence[str | Path]) -> np.ndarray:
+    """(n, 2) width and height of every readable image, from the headers only (no pixel is decoded)."""
+    sizes = []
     for p in paths:
         try:
             with Image.open(p) as img:
-                sides.append(min(img.size))
+                sizes.append(img.size)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
             continue  # reported properly when the image is loaded
-    if not sides:
+    if not sizes:
         raise PipelineError(f"none of the {len(paths)} training images could be read (first: {paths[0]})")
-    return int(np.median(sides))
+    return np.asarray(sizes)
+
+
+def median_side(paths: Sequence[str | Path]) -> int:
+    """Median shorter side over every image, read from the headers only."""
+    return int(np.median(header_sizes(paths).min(1)))
+
+
+def median_aspect(sizes: np.ndarray) -> float:
+    """Median long side / short side of ``header_sizes``: 1 for square images, 2 for any mix of 2:1 and 1:2."""
+    return float(np.median(sizes.max(1) / sizes.min(1)))
 
 
 def cache_bound() -> int:
@@ -101,9 +111,18 @@ def centre_square(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top:top + size, left:left + size]
 
 
+def square(img: Image.Image, size: int, squash: bool = False) -> torch.Tensor:
+    """A ``size`` x ``size`` CHW uint8 tensor of ``img``: its centre square (shorter side resized to ``size``), or
+    with ``squash`` the whole image resized to the square, every pixel kept and the aspect given up."""
+    if squash:
+        return to_uint8_tensor(img.resize((size, size), Image.Resampling.BICUBIC))
+    return centre_square(to_uint8_tensor(resize_shorter(img, size)), size)
+
+
 def decode_cache(paths: Sequence[str | Path], size: int, workers: int = 4, spill_dir: str | Path | None = None,
-                 bound: int | None = None) -> torch.Tensor:
-    """Decode ``paths`` once into a (N, 3, size, size) uint8 tensor: shorter side ``size``, centre square.
+                 bound: int | None = None, squash: bool = False) -> torch.Tensor:
+    """Decode ``paths`` once into a (N, 3, size, size) uint8 tensor: shorter side ``size``, centre square (with
+    ``squash``: each whole image resized to the square, :func:`square`).
 
     In RAM up to ``bound`` bytes (:func:`cache_bound`); above it in a memory-mapped ``.npy`` under
     ``spill_dir``, unlinked once mapped (read back from the page cache or the disk, batch by batch).
@@ -124,7 +143,7 @@ def decode_cache(paths: Sequence[str | Path], size: int, workers: int = 4, spill
         os.unlink(name)  # the mapping stays valid; nothing is left behind however the run ends
 
     def one(i: int) -> None:
-        out[i] = centre_square(to_uint8_tensor(resize_shorter(load_rgb(paths[i]), size)), size).numpy()
+        out[i] = square(load_rgb(paths[i]), size, squash).numpy()
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes outside the GIL
         list(pool.map(one, range(n)))

@@ -10,7 +10,7 @@ from PIL import Image
 import features.augment as augment
 from features.augment import BatchAugment, View
 from features.batches import TensorBatches
-from features.images import decode_cache, load_images, load_rgb, median_side
+from features.images import decode_cache, load_images, load_rgb, median_aspect, median_side
 from features.symmetry import ELEMENTS, Symmetry
 from pipelines.core.errors import PipelineError
 
@@ -65,6 +65,20 @@ def test_cache_is_the_centre_square_in_ram_or_a_mapped_file_that_leaves_nothing(
     assert ram[0].float().mean() > 250 and ram[1, 2].float().mean() > 250 and ram[1, 0].float().mean() < 5
     spilled = decode_cache(paths, 20, spill_dir=tmp_path / "spill", bound=100)  # over the bound: memory-mapped
     assert torch.equal(spilled, ram) and list((tmp_path / "spill").iterdir()) == []
+
+
+def test_a_squashed_cache_keeps_the_whole_wide_image_where_the_centre_square_drops_its_sides(tmp_path):
+    arr = np.zeros((40, 120, 3), np.uint8)
+    arr[:, :40, 0] = arr[:, 80:, 2] = 255  # red left third, black middle, blue right third
+    Image.fromarray(arr).save(tmp_path / "wide.png")
+    crop, squash = (decode_cache([tmp_path / "wide.png"], 24, squash=s)[0].float() for s in (False, True))
+    assert tuple(squash.shape) == (3, 24, 24) and crop.mean() < 5  # the centre square holds only the black middle
+    assert squash[0, :, :6].mean() > 250 and squash[2, :, -6:].mean() > 250 and squash[:, :, 10:14].mean() < 5
+
+
+def test_median_aspect_counts_portrait_and_landscape_alike():
+    assert median_aspect(np.array([[30, 30], [40, 40], [60, 61]])) == pytest.approx(1.0)
+    assert median_aspect(np.array([[60, 30], [30, 60], [90, 45]])) == pytest.approx(2.0)
 
 
 def test_median_side_reads_every_row_not_the_first_ones(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.competitions.leaves import COMPETITION as LEAVES
-from pipelines.competitions.leaves.config import COMPETITION, CPU_SIZES, LeavesConfig, say
+from pipelines.competitions.leaves.config import COMPETITION, CPU_SIZES, SQUASH_ASPECT, LeavesConfig, say
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import REPO_ROOT
 
@@ -41,6 +41,8 @@ class LeafData:
     test_images: torch.Tensor
     img_size: int
     size_rule: str = ""  # how img_size was chosen (goes into the record)
+    framing: str = "crop"  # how each image became the square: its centre square, or squashed whole (``frame``)
+    framing_rule: str = ""  # why (goes into the record)
     probe: object = None  # features.symmetry features of a sample of the training rows, computed once
 
 
@@ -98,13 +100,32 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def image_paths(root: Path, table: pd.DataFrame, name: str) -> list[Path]:
-    """Each row's image under ``root``; a name that leaves it (absolute, ``..``) is refused naming its row."""
+    """Each row's image under ``root``, or under ``root/images/`` when the table names the bare file (``0.png``
+    where Classify Leaves writes ``images/0.png``); a name that leaves the folder (absolute, ``..``) is refused
+    naming its row, and a file found in neither place is one error at decoding, naming its path."""
     from pipelines.core.paths import inside
 
-    return [inside(root, p, f"{name} row {i + 2} image") for i, p in enumerate(table["image"])]
+    paths = [inside(root, p, f"{name} row {i + 2} image") for i, p in enumerate(table["image"])]
+    return [p if p.is_file() or not (root / "images" / p.relative_to(root)).is_file()
+            else root / "images" / p.relative_to(root) for p in paths]
 
 
-def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> tuple[int, str]:
+def frame(cfg: LeavesConfig, sizes: np.ndarray) -> tuple[str, str]:
+    """``crop`` (the centre square) or ``squash`` (the whole image resized to the square), and why: ``--framing``,
+    else the median aspect of the training images' headers (``sizes``, width and height): past
+    :data:`SQUASH_ASPECT` a centre square would drop more than a fifth of a typical image, so it is squashed."""
+    if cfg.framing != "auto":
+        return cfg.framing, f"--framing {cfg.framing}"
+    from features.images import median_aspect
+
+    aspect = median_aspect(sizes)
+    if aspect <= SQUASH_ASPECT:
+        return "crop", f"centre square (median aspect {aspect:.2f} <= {SQUASH_ASPECT})"
+    return "squash", (f"whole image squashed to the square (median aspect {aspect:.2f} > {SQUASH_ASPECT}: a centre "
+                      f"square would drop {1 - 1 / aspect:.0%} of a typical image)")
+
+
+def auto_img_size(cfg: LeavesConfig, paths: list[Path], device, sizes: np.ndarray | None = None) -> tuple[int, str]:
     """The training size and the rule that chose it: ``--img-size``; else on CUDA the size the backbone was
     pretrained at (timm's ``input_size``: lite0 224, lite1 240, lite2 260; 224 for a model timm does not know),
     as a timm user would fine-tune it; else (CPU) the median shorter side over every training image (multiple
@@ -114,9 +135,9 @@ def auto_img_size(cfg: LeavesConfig, paths: list[Path], device) -> tuple[int, st
     if device.type == "cuda":
         side = pretrained_side(cfg.model)
         return side or 224, f"{cfg.model}'s pretrained size" if side else "224 (no pretrained size known)"
-    from features.images import median_side
+    from features.images import header_sizes
 
-    median = median_side(paths)
+    median = int(np.median((header_sizes(paths) if sizes is None else sizes).min(1)))
     size = int(np.clip(round(median / 16) * 16, *CPU_SIZES))
     verb = "upsampled" if size > median else "shrunk" if size < median else "kept"
     return size, f"median shorter side {median} px over {len(paths)} training images, {verb} to {size} px " \
@@ -178,14 +199,22 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
         raise PipelineError(f"label {rare!r} has {counts.min()} images, fewer than --folds {cfg.folds}")
     train_paths = image_paths(root, train, "train.csv")
     test_paths = image_paths(root, test, "test.csv")
-    size, rule = auto_img_size(cfg, train_paths, device)
+    from features.images import header_sizes
+
+    sizes = header_sizes(train_paths)
+    framing, framing_rule = frame(cfg, sizes)
+    size, rule = auto_img_size(cfg, train_paths, device, sizes)
     fitted = fit_size_to_model(cfg.model, size)
     if fitted != size:
         rule += f", raised to {fitted} px ({cfg.model}'s minimum)"
     workers = max(1, min(8, os.cpu_count() or 1))
     spill = Path(cfg.runs_dir) / "leaves" / ".image-cache"
-    return LeafData(root, source, train, test, classes, y, decode_cache(train_paths, fitted, workers, spill),
-                    decode_cache(test_paths, fitted, workers, spill), fitted, rule)
+    squash = framing == "squash"
+    if squash:
+        say(f"images: {framing_rule}")
+    images = [decode_cache(paths, fitted, workers, spill, squash=squash) for paths in (train_paths, test_paths)]
+    return LeafData(root, source, train, test, classes, y, *images, fitted, rule, framing=framing,
+                    framing_rule=framing_rule)
 
 
 def submission_spec(test: pd.DataFrame, classes) -> SubmissionSpec:

@@ -124,7 +124,8 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
     extra = {
         "weights": weights,  # where the starting weights came from, with their SHA-256
         "data": {"dir": str(data.root), "source": data.source, "n_train": len(data.train),
-                 "n_test": len(data.test), "img_size": data.img_size, "img_size_rule": data.size_rule},
+                 "n_test": len(data.test), "img_size": data.img_size, "img_size_rule": data.size_rule,
+                 "framing": data.framing, "framing_rule": data.framing_rule},
         "symmetry": {str(k): {**v["symmetry_record"], "hflip": v["symmetry"].hflip, "vflip": v["symmetry"].vflip,
                               "rot90": v["symmetry"].rot90} for k, v in fold_info.items()},
         "schedule": {"epochs": {k: v["epochs"] for k, v in fold_info.items()},
