@@ -87,9 +87,9 @@ def header_sizes(paths: Sequence[str | Path]) -> np.ndarray:
     return np.asarray(sizes)
 
 
-def median_side(paths: Sequence[str | Path]) -> int:
-    """Median shorter side over every image, read from the headers only."""
-    return int(np.median(header_sizes(paths).min(1)))
+def median_side(sizes: np.ndarray) -> int:
+    """Median shorter side of ``header_sizes``."""
+    return int(np.median(sizes.min(1)))
 
 
 def median_aspect(sizes: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from PIL import Image
 import features.augment as augment
 from features.augment import BatchAugment, View
 from features.batches import TensorBatches
-from features.images import decode_cache, load_images, load_rgb, median_aspect, median_side
+from features.images import decode_cache, header_sizes, load_images, load_rgb, median_aspect, median_side
 from features.symmetry import ELEMENTS, Symmetry
 from pipelines.core.errors import PipelineError
 
@@ -86,10 +86,10 @@ def test_median_side_reads_every_row_not_the_first_ones(tmp_path):
     for i, side in enumerate([10] * 70 + [50] * 80):  # a sorted table: the first 64 rows are all small
         Image.new("RGB", (side, side + 5)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    assert median_side(paths) == 50
+    assert median_side(header_sizes(paths)) == 50
     (tmp_path / "junk.png").write_bytes(b"junk")
     with pytest.raises(PipelineError, match="none of the 1 training images"):
-        median_side([tmp_path / "junk.png"])
+        header_sizes([tmp_path / "junk.png"])
 
 
 def test_batches_are_full_shuffled_by_seed_and_epoch_and_sharded():

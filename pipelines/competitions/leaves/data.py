@@ -105,9 +105,11 @@ def image_paths(root: Path, table: pd.DataFrame, name: str) -> list[Path]:
     naming its row, and a file found in neither place is one error at decoding, naming its path."""
     from pipelines.core.paths import inside
 
-    paths = [inside(root, p, f"{name} row {i + 2} image") for i, p in enumerate(table["image"])]
-    return [p if p.is_file() or not (root / "images" / p.relative_to(root)).is_file()
-            else root / "images" / p.relative_to(root) for p in paths]
+    def locate(row: int, image: str) -> Path:
+        path, bare = inside(root, image, f"{name} row {row} image"), root / "images" / image
+        return bare if not path.is_file() and bare.is_file() else path
+
+    return [locate(i + 2, image) for i, image in enumerate(table["image"])]
 
 
 def frame(cfg: LeavesConfig, sizes: np.ndarray) -> tuple[str, str]:
@@ -125,22 +127,23 @@ def frame(cfg: LeavesConfig, sizes: np.ndarray) -> tuple[str, str]:
                       f"square would drop {1 - 1 / aspect:.0%} of a typical image)")
 
 
-def auto_img_size(cfg: LeavesConfig, paths: list[Path], device, sizes: np.ndarray | None = None) -> tuple[int, str]:
+def auto_img_size(cfg: LeavesConfig, sizes: np.ndarray, device) -> tuple[int, str]:
     """The training size and the rule that chose it: ``--img-size``; else on CUDA the size the backbone was
     pretrained at (timm's ``input_size``: lite0 224, lite1 240, lite2 260; 224 for a model timm does not know),
-    as a timm user would fine-tune it; else (CPU) the median shorter side over every training image (multiple
-    of 16) within ``CPU_SIZES``: smaller images are upsampled, larger ones shrunk."""
+    as a timm user would fine-tune it; else (CPU) the median shorter side of ``sizes`` (every training image's
+    width and height, ``features.images.header_sizes``), a multiple of 16 within ``CPU_SIZES``: smaller images
+    are upsampled, larger ones shrunk."""
     if cfg.img_size:
         return cfg.img_size, "--img-size"
     if device.type == "cuda":
         side = pretrained_side(cfg.model)
         return side or 224, f"{cfg.model}'s pretrained size" if side else "224 (no pretrained size known)"
-    from features.images import header_sizes
+    from features.images import median_side
 
-    median = int(np.median((header_sizes(paths) if sizes is None else sizes).min(1)))
+    median = median_side(sizes)
     size = int(np.clip(round(median / 16) * 16, *CPU_SIZES))
     verb = "upsampled" if size > median else "shrunk" if size < median else "kept"
-    return size, f"median shorter side {median} px over {len(paths)} training images, {verb} to {size} px " \
+    return size, f"median shorter side {median} px over {len(sizes)} training images, {verb} to {size} px " \
                  f"(CPU range {CPU_SIZES[0]}..{CPU_SIZES[1]})"
 
 
@@ -184,7 +187,7 @@ def fit_size_to_model(model_name: str, size: int) -> int:
 
 def load_data(cfg: LeavesConfig, device) -> LeafData:
     """Read both tables, check them, encode labels and decode every image once into a uint8 cache."""
-    from features.images import decode_cache
+    from features.images import decode_cache, header_sizes
 
     root, source = resolve_data_dir(cfg)
     train = read_table(root / "train.csv", ["image", "label"])
@@ -199,11 +202,9 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
         raise PipelineError(f"label {rare!r} has {counts.min()} images, fewer than --folds {cfg.folds}")
     train_paths = image_paths(root, train, "train.csv")
     test_paths = image_paths(root, test, "test.csv")
-    from features.images import header_sizes
-
-    sizes = header_sizes(train_paths)
+    sizes = header_sizes(train_paths)  # (n, 2) from the headers: the size and the framing both read them
     framing, framing_rule = frame(cfg, sizes)
-    size, rule = auto_img_size(cfg, train_paths, device, sizes)
+    size, rule = auto_img_size(cfg, sizes, device)
     fitted = fit_size_to_model(cfg.model, size)
     if fitted != size:
         rule += f", raised to {fitted} px ({cfg.model}'s minimum)"
