@@ -97,6 +97,29 @@ def median_aspect(sizes: np.ndarray) -> float:
     return float(np.median(sizes.max(1) / sizes.min(1)))
 
 
+def pixel_range(images: torch.Tensor, quantiles: tuple[float, float] = (0.001, 0.999), sample: int = 1 << 20,
+                seed: int = 0) -> tuple[int, int]:
+    """The low and high pixel values of a uint8 cache (every channel together, so colours keep their balance):
+    its ``quantiles``, read on up to ``sample`` pixels drawn at random (fixed ``seed``), so a few hot pixels or
+    a thin border do not set the range."""
+    flat = images.reshape(-1)
+    if flat.numel() > sample:
+        idx = torch.from_numpy(np.random.default_rng(seed).integers(0, flat.numel(), sample))
+        flat = flat[idx]
+    lo, hi = np.quantile(flat.numpy(), quantiles)
+    return int(lo), int(np.ceil(hi))
+
+
+def stretch_(images: torch.Tensor, lo: int, hi: int, chunk: int = 4096) -> torch.Tensor:
+    """Map ``lo..hi`` linearly onto 0..255 in place (values outside clipped), through a 256-entry lookup table,
+    a chunk of images at a time (a memory-mapped cache is rewritten where it lies)."""
+    table = np.clip(np.round((np.arange(256) - lo) * 255 / max(hi - lo, 1)), 0, 255).astype(np.uint8)
+    arr = images.numpy()
+    for i in range(0, len(arr), chunk):
+        arr[i:i + chunk] = table[arr[i:i + chunk]]
+    return images
+
+
 def cache_bound() -> int:
     """Bytes the decoded images may take in RAM: half the memory available now (4 GiB if unknown)."""
     try:

@@ -10,7 +10,16 @@ from PIL import Image
 import features.augment as augment
 from features.augment import BatchAugment, View
 from features.batches import TensorBatches
-from features.images import decode_cache, header_sizes, load_images, load_rgb, median_aspect, median_side
+from features.images import (
+    decode_cache,
+    header_sizes,
+    load_images,
+    load_rgb,
+    median_aspect,
+    median_side,
+    pixel_range,
+    stretch_,
+)
 from features.symmetry import ELEMENTS, Symmetry
 from pipelines.core.errors import PipelineError
 
@@ -74,6 +83,19 @@ def test_a_squashed_cache_keeps_the_whole_wide_image_where_the_centre_square_dro
     crop, squash = (decode_cache([tmp_path / "wide.png"], 24, squash=s)[0].float() for s in (False, True))
     assert tuple(squash.shape) == (3, 24, 24) and crop.mean() < 5  # the centre square holds only the black middle
     assert squash[0, :, :6].mean() > 250 and squash[2, :, -6:].mean() > 250 and squash[:, :, 10:14].mean() < 5
+
+
+def test_the_pixel_range_ignores_a_few_hot_pixels_and_the_stretch_rewrites_a_mapped_cache_in_place(tmp_path):
+    for i in range(3):
+        arr = np.full((16, 16, 3), 20 + 10 * i, np.uint8)
+        arr[4:12, 4:12] = 60
+        arr[0, 0] = 255  # one hot pixel in 256 does not set the range
+        Image.fromarray(arr).save(tmp_path / f"{i}.png")
+    cache = decode_cache([tmp_path / f"{i}.png" for i in range(3)], 16, spill_dir=tmp_path / "spill", bound=10)
+    assert pixel_range(cache, (0.01, 0.99)) == (20, 60)
+    assert stretch_(cache, 20, 60) is cache
+    assert cache.min() == 0 and cache.max() == 255 and cache[0, :, 8, 8].tolist() == [255] * 3
+    assert cache[1, 0, 2, 2] == round((30 - 20) * 255 / 40)
 
 
 def test_median_aspect_counts_portrait_and_landscape_alike():

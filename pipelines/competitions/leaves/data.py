@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.competitions.leaves import COMPETITION as LEAVES
-from pipelines.competitions.leaves.config import COMPETITION, CPU_SIZES, SQUASH_ASPECT, LeavesConfig, say
+from pipelines.competitions.leaves.config import COMPETITION, CPU_SIZES, SQUASH_ASPECT, STRETCH_SPAN, LeavesConfig, say
 from pipelines.core.errors import PipelineError
 from pipelines.core.records import REPO_ROOT
 
@@ -43,6 +43,9 @@ class LeafData:
     size_rule: str = ""  # how img_size was chosen (goes into the record)
     framing: str = "crop"  # how each image became the square: its centre square, or squashed whole (``frame``)
     framing_rule: str = ""  # why (goes into the record)
+    pixel_range: tuple[int, int] = (0, 255)  # the training pixels' 0.1..99.9 % values, before any stretch
+    stretched: bool = False  # whether that range was stretched onto 0..255 (``stretch``)
+    stretch_rule: str = ""  # why (goes into the record)
     probe: object = None  # features.symmetry features of a sample of the training rows, computed once
 
 
@@ -125,6 +128,27 @@ def frame(cfg: LeavesConfig, sizes: np.ndarray) -> tuple[str, str]:
         return "crop", f"centre square (median aspect {aspect:.2f} <= {SQUASH_ASPECT})"
     return "squash", (f"whole image squashed to the square (median aspect {aspect:.2f} > {SQUASH_ASPECT}: a centre "
                       f"square would drop {1 - 1 / aspect:.0%} of a typical image)")
+
+
+def stretch(cfg: LeavesConfig, train_images: torch.Tensor, test_images: torch.Tensor
+            ) -> tuple[tuple[int, int], bool, str]:
+    """Stretch both caches in place onto 0..255 where the training pixels' range is narrow: ``--stretch``, else
+    where the 0.1..99.9 % values (no label read, like the size and the framing) span less than
+    :data:`STRETCH_SPAN` of 0..255. Returns that range, whether it was stretched, and why."""
+    from features.images import pixel_range, stretch_
+
+    lo, hi = pixel_range(train_images)
+    span = (hi - lo) / 255
+    if cfg.stretch == "auto":
+        on = span < STRETCH_SPAN
+        rule = f"pixel values {lo}..{hi} (0.1..99.9 %) span {span:.0%} of 0..255, " + (
+            f"under {STRETCH_SPAN:.0%}: stretched onto 0..255" if on else f"at least {STRETCH_SPAN:.0%}: kept")
+    else:
+        on, rule = cfg.stretch == "on", f"--stretch {cfg.stretch} (pixel values {lo}..{hi}, 0.1..99.9 %)"
+    if on and hi > lo:
+        for images in (train_images, test_images):
+            stretch_(images, lo, hi)
+    return (lo, hi), on and hi > lo, rule
 
 
 def auto_img_size(cfg: LeavesConfig, sizes: np.ndarray, device) -> tuple[int, str]:
@@ -214,8 +238,11 @@ def load_data(cfg: LeavesConfig, device) -> LeafData:
     if squash:
         say(f"images: {framing_rule}")
     images = [decode_cache(paths, fitted, workers, spill, squash=squash) for paths in (train_paths, test_paths)]
+    span, stretched, stretch_rule = stretch(cfg, *images)
+    if stretched:
+        say(f"images: {stretch_rule}")
     return LeafData(root, source, train, test, classes, y, *images, fitted, rule, framing=framing,
-                    framing_rule=framing_rule)
+                    framing_rule=framing_rule, pixel_range=span, stretched=stretched, stretch_rule=stretch_rule)
 
 
 def submission_spec(test: pd.DataFrame, classes) -> SubmissionSpec:
