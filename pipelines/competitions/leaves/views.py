@@ -16,7 +16,7 @@ from features.symmetry import GROUPS, Symmetry, decide, tta_elements  # noqa: F4
 from pipelines.core.errors import PipelineError
 
 PROBE_MODEL = "tf_efficientnet_lite0"  # frozen ImageNet features from its PyPI package: offline, on every machine
-PROBE_SIDE = 96  # the test asks which classes a flip confuses: coarse shapes (a 3 x 3 feature map), cheaper than 112 px
+PROBE_SIDE = 96  # the test asks which classes a flip confuses: shapes (a 6 x 6 map at stride 16), cheaper than 112 px
 PROBE_BATCH = 32
 
 
