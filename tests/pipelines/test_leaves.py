@@ -687,23 +687,26 @@ def test_wide_images_are_squashed_whole_square_ones_cropped_and_the_flag_wins():
     assert frame(LeavesConfig(framing="squash"), square) == ("squash", "--framing squash")
 
 
-def test_a_dim_set_is_stretched_onto_the_byte_range_a_full_one_kept_and_the_flag_wins():
-    """Digits stored as 0..16, a dim scan: where the training pixels span under half of 0..255, train and test are
-    stretched by the same map (the training rows' range); a set that spans it is left byte for byte."""
+def test_a_dim_set_is_stretched_onto_the_byte_range_a_full_one_kept_and_the_default_keeps_both():
+    """``--stretch auto``: where the training pixels span under half of 0..255 (digits stored as 0..16, a dim scan),
+    train and test are stretched by the same map (the training rows' range); a set that spans it is left byte for
+    byte. The default keeps every range (dim glyph sets gained nothing from the stretch) and records it."""
     from pipelines.competitions.leaves.config import LeavesConfig
     from pipelines.competitions.leaves.data import stretch
 
     gen = torch.Generator().manual_seed(0)
     dim = torch.randint(0, 17, (20, 3, 8, 8), dtype=torch.uint8, generator=gen)
     test = torch.tensor([0, 8, 16, 40], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 3, 2, 2).contiguous()
-    span, stretched, rule = stretch(LeavesConfig(), dim, test)
+    kept = dim.clone()
+    assert stretch(LeavesConfig(), kept, test.clone())[:2] == ((0, 16), False) and torch.equal(kept, dim)
+    span, stretched, rule = stretch(LeavesConfig(stretch="auto"), dim, test)
     assert span == (0, 16) and stretched and "stretched onto 0..255" in rule
     assert dim.min() == 0 and dim.max() == 255
     assert set(dim.unique().tolist()) <= {round(v * 255 / 16) for v in range(17)}
     assert test[0, 0].flatten().tolist() == [0, 128, 255, 255]  # the training rows' map, clipped above their range
     full = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=gen)
     before = full.clone()
-    assert stretch(LeavesConfig(), full, full[:1].clone())[1] is False and torch.equal(full, before)
+    assert stretch(LeavesConfig(stretch="auto"), full, full[:1].clone())[1] is False and torch.equal(full, before)
     flat = torch.full((2, 3, 4, 4), 9, dtype=torch.uint8)
     assert stretch(LeavesConfig(stretch="off"), flat, flat[:1].clone())[1] is False and flat.max() == 9
     forced = torch.arange(64, 192, dtype=torch.uint8).view(2, 1, 8, 8).expand(2, 3, 8, 8).contiguous()

@@ -132,9 +132,9 @@ def frame(cfg: LeavesConfig, sizes: np.ndarray) -> tuple[str, str]:
 
 def stretch(cfg: LeavesConfig, train_images: torch.Tensor, test_images: torch.Tensor
             ) -> tuple[tuple[int, int], bool, str]:
-    """Stretch both caches in place onto 0..255 where the training pixels' range is narrow: ``--stretch``, else
-    where the 0.1..99.9 % values (no label read, like the size and the framing) span less than
-    :data:`STRETCH_SPAN` of 0..255. Returns that range, whether it was stretched, and why."""
+    """Stretch both caches in place onto 0..255 when ``--stretch on``, or with ``auto`` where the training pixels'
+    0.1..99.9 % values (no label read, like the size and the framing) span less than :data:`STRETCH_SPAN` of
+    0..255; ``off`` (the default) keeps them. Returns that range, whether it was stretched, and why."""
     from features.images import pixel_range, stretch_
 
     lo, hi = pixel_range(train_images)
@@ -144,7 +144,9 @@ def stretch(cfg: LeavesConfig, train_images: torch.Tensor, test_images: torch.Te
         rule = f"pixel values {lo}..{hi} (0.1..99.9 %) span {span:.0%} of 0..255, " + (
             f"under {STRETCH_SPAN:.0%}: stretched onto 0..255" if on else f"at least {STRETCH_SPAN:.0%}: kept")
     else:
-        on, rule = cfg.stretch == "on", f"--stretch {cfg.stretch} (pixel values {lo}..{hi}, 0.1..99.9 %)"
+        on = cfg.stretch == "on"
+        rule = f"--stretch {cfg.stretch}: {'stretched onto 0..255' if on else 'kept'} (pixel values {lo}..{hi}, " \
+               f"0.1..99.9 %)"
     if on and hi > lo:
         for images in (train_images, test_images):
             stretch_(images, lo, hi)
