@@ -534,11 +534,11 @@ def test_folds_train_side_by_side_only_on_a_long_enough_uncompiled_cpu_run_unles
     from pipelines.core.errors import PipelineError
 
     cpu, cuda, cfg = torch.device("cpu"), torch.device("cuda"), LeavesConfig(batch_size=32)
-    big, small = FOLD_JOBS_MIN_IMAGES, 30  # rows: 3 folds x 3 passes x 2/3 of them, or a few hundred images
+    big, small = FOLD_JOBS_MIN_IMAGES, 30  # rows: 3 folds x 3 passes x 2/3 of them, or 180 images in 3 passes
     assert auto_fold_jobs(cfg, cpu, big, cores=2).fold_jobs == 3
     assert auto_fold_jobs(dataclasses.replace(cfg, folds=5), cpu, big, cores=2).fold_jobs == 3
     assert auto_fold_jobs(cfg, cpu, big, cores=16).fold_jobs == 3
-    assert auto_fold_jobs(cfg, cpu, small, cores=2).fold_jobs == 1
+    assert auto_fold_jobs(dataclasses.replace(cfg, epochs=3), cpu, small, cores=2).fold_jobs == 1
     assert auto_fold_jobs(cfg, cpu, big, cores=1).fold_jobs == 1
     assert auto_fold_jobs(cfg, cuda, big, cores=2).fold_jobs == 1
     assert auto_fold_jobs(dataclasses.replace(cfg, compile=True), cpu, big, cores=2).fold_jobs == 1
@@ -626,15 +626,17 @@ def test_the_probe_shared_among_the_fold_processes_is_the_probe_computed_here(tm
 
 
 def test_epochs_follow_the_data_size_within_the_pass_range():
-    """About ``steps`` optimizer steps per fold, never more passes than EPOCH_RANGE's top for a small set nor
-    fewer than its bottom for a large one."""
+    """About ``steps`` optimizer steps per fold, never more passes than EPOCH_RANGE's top for a mid-sized set nor
+    fewer than its bottom for a large one, and never fewer than 40 % of the steps for a small one."""
     from pipelines.competitions.leaves.config import EPOCH_RANGE, auto_epochs
 
     low, high = EPOCH_RANGE
-    assert auto_epochs(640, 32, steps=300) == high  # 20 steps a pass: capped
+    assert auto_epochs(640, 32, steps=300) == high  # 20 steps a pass: capped (13 passes: 260 steps >= 120)
     assert auto_epochs(100_000, 32, steps=300) == low  # 3,125 steps a pass: at least the minimum
     assert low < auto_epochs(32 * 300 // (low + 1), 32, steps=300) == low + 1 <= high  # in between: steps / pass
-    assert auto_epochs(10, 32, steps=300) == high  # fewer rows than a batch: one step a pass
+    assert auto_epochs(160, 32, steps=520) == 42  # 5 steps a pass: past the cap, to 210 >= 208 steps
+    assert auto_epochs(1312, 32, steps=520) == high  # ELPV's folds (41 steps a pass) stay at 13 passes
+    assert auto_epochs(10, 32, steps=300) == 120  # fewer rows than a batch: one step a pass, 120 of them
 
 
 def test_classes_that_are_flips_and_turns_of_each_other_train_without_them(tmp_path, capsys):

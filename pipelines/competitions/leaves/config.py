@@ -41,6 +41,10 @@ STRETCH_SPAN = 0.5
 # 520 steps, 13 passes, gave test accuracy 0.809 / 0.799 / 0.794 at seeds 0-2 against 0.796 / 0.768 / 0.773,
 # CV higher at every seed, once the fold processes had made the passes cheaper)
 EPOCH_RANGE = (3, 13)
+# ... but never fewer than ANNEAL_MIN_SHARE of ``--steps`` optimizer steps (208 of 520), whatever the cap: a small
+# set's fold makes a few steps a pass, and 13 passes left it half trained (ELPV cut to 240 training cells, 5 steps
+# a pass: 13 passes, 65 steps, test 0.726 and CV 0.654; 42 passes, 210 steps, 0.736 and CV 0.708). Only folds of
+# fewer than 16 steps a pass (under about 512 training rows) train longer; every development set is unchanged
 # --anneal-at ACC (default ANNEAL_AT; 0: off): a fold whose training accuracy over an epoch (the augmented batches, as
 # trained) reaches ACC decays its LR from where it is to the floor over the next ANNEAL_SHARE of the epochs done (at
 # least one) and ends there. At 0.99 (after ANNEAL_MIN_SHARE of the steps) the 8 px glyphs ran in 214-220 s instead
@@ -142,7 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--img-size", type=int, help="training resolution (default: 224 on CUDA, the images' median side within "
                                    f"{CPU_SIZES[0]}..{CPU_SIZES[1]} on CPU; never below the model's minimum)")
     a("--epochs", type=_auto_int, default=d.epochs, help="passes over each training image (default auto: "
-      f"about --steps optimizer steps per fold, {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs)")
+      f"about --steps optimizer steps per fold, {EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs, never under "
+      f"{ANNEAL_MIN_SHARE * 100:.0f} %% of --steps)")
     a("--batch-size", type=int, help="images per optimizer step (default: "
       + ", ".join(f"{n} on {k.upper()}" for k, n in BATCH_SIZES.items()) + ")")
     for name in ("steps", "patience", "folds", "tta", "workers", "freeze"):
@@ -301,9 +306,11 @@ def anneal_epochs(epochs_done: int) -> int:
 
 def auto_epochs(n_fit: int, batch_size: int, steps: int = LeavesConfig.steps) -> int:
     """Epochs from the data size: about ``steps`` optimizer steps per fold, within ``EPOCH_RANGE`` passes over
-    each image (a few thousand images get several passes, tens of thousands the minimum)."""
+    each image (a few thousand images get several passes, tens of thousands the minimum), and never fewer than
+    ``ANNEAL_MIN_SHARE`` of ``steps`` optimizer steps (a few hundred images get more than the cap's passes)."""
     steps_per_epoch = max(1, n_fit // batch_size)
-    return int(np.clip(round(steps / steps_per_epoch), *EPOCH_RANGE))
+    floor = math.ceil(ANNEAL_MIN_SHARE * steps / steps_per_epoch)  # a small set's fold: at least 208 steps
+    return int(max(np.clip(round(steps / steps_per_epoch), *EPOCH_RANGE), floor))
 
 
 

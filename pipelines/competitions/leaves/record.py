@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.competitions.leaves import COMPETITION as LEAVES
-from pipelines.competitions.leaves.config import COMPETITION, EPOCH_RANGE, LeavesConfig
+from pipelines.competitions.leaves.config import ANNEAL_MIN_SHARE, COMPETITION, EPOCH_RANGE, LeavesConfig
 from pipelines.competitions.leaves.data import submission_spec
 from pipelines.core.records import RunRecord
 
@@ -131,7 +131,8 @@ def leaves_record(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, result, 
                               "rot90": v["symmetry"].rot90} for k, v in fold_info.items()},
         "schedule": {"epochs": {k: v["epochs"] for k, v in fold_info.items()},
                      "rule": "--epochs" if cfg.epochs else f"auto: about {cfg.steps} optimizer steps per fold within "
-                                                           f"{EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs",
+                                                           f"{EPOCH_RANGE[0]}..{EPOCH_RANGE[1]} epochs (more where "
+                                                           f"{ANNEAL_MIN_SHARE:.0%} of those steps need them)",
                      "passes_per_image": {k: v["epochs"] for k, v in fold_info.items()},
                      "planned": {k: v["epochs_planned"] for k, v in fold_info.items()},
                      # a fold whose training accuracy reached anneal_at after this epoch decayed and ended early
