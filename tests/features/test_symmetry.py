@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from features.images import decode_cache
 from features.symmetry import ELEMENTS, GROUPS, Symmetry, decide
@@ -44,6 +45,19 @@ def test_a_view_that_swaps_classes_is_dropped_and_one_that_keeps_them_is_kept():
     assert decision["group"] == ("identity", "vflip") and decision["symmetry"] == Symmetry(0.0, 0.5, False)
 
 
+def test_a_view_that_keeps_labels_but_makes_images_the_rows_lack_is_dropped():
+    """Like ELPV's cells, all with horizontal busbars: a quarter turn keeps the label but makes an upright-busbar
+    cell no row has (its features shifted off the rows'); a flip makes the same cell again."""
+    feats, y = clustered(40, {})
+    for view in ("rot90", "rot270", "transpose", "antitranspose"):
+        feats[view] = feats[view] + 1.5  # every image told apart from the rows, its class still where it was
+    decision = decide(feats, y)
+    turn, flip = decision["tests"]["rot90"], decision["tests"]["hflip"]
+    assert turn["keeps_labels"] and turn["detected"] > 0.95 and not turn["kept"]
+    assert flip["kept"] and flip["detected"] < 0.6
+    assert decision["group"] == ("identity", "hflip", "vflip", "rot180")
+
+
 def test_too_few_rows_show_nothing_so_nothing_is_kept():
     feats, y = clustered(1, {})  # one row per class: no class has a row in both halves
     decision = decide(feats, y)
@@ -76,7 +90,12 @@ def real_probe(tmp_path_factory):
 
     glyphs = generate_glyphs(tmp_path_factory.mktemp("glyphs"), n_train=400, n_test=0, size=32, seed=0)
     leaves = generate_leaves(tmp_path_factory.mktemp("leaves"), n_species=10, n_train=300, n_test=1, size=32, seed=0)
-    return {"glyphs": run(glyphs), "leaves": run(leaves)}
+    striped = generate_leaves(tmp_path_factory.mktemp("striped"), n_species=10, n_train=300, n_test=1, size=32, seed=0)
+    for path in pd.read_csv(striped / "train.csv")["image"]:  # dark lines across, placed symmetrically top to bottom
+        pixels = np.asarray(Image.open(striped / path)).copy()
+        pixels[[8, 15, 16, 23]] = 30
+        Image.fromarray(pixels).save(striped / path)
+    return {"glyphs": run(glyphs), "leaves": run(leaves), "striped": run(striped)}
 
 
 def test_arrows_letters_and_digits_keep_no_flip_nor_turn(real_probe):
@@ -115,3 +134,13 @@ def test_at_8_px_the_stride_16_map_sees_the_mirror_that_the_last_map_barely_sees
                  for level in (3, None))
     assert mid["plain"] > last["plain"] + 0.3
     assert mid["delta"] < last["delta"] - 0.15 and not mid["kept"]
+
+
+def test_leaves_crossed_by_horizontal_lines_keep_their_flips_and_lose_their_turns(real_probe):
+    """Every row has its lines across, like ELPV's busbars: a turn stands them upright, which no row shows, so the
+    turns are not trained on, while the flips (which keep the lines where they are) still are."""
+    decision = real_probe["striped"]
+    assert decision["group"] == ("identity", "hflip", "vflip", "rot180")
+    for turn in ("rot90", "rot270", "transpose", "antitranspose"):
+        assert decision["tests"][turn]["detected"] >= 0.9 and not decision["tests"][turn]["kept"]
+    assert all(decision["tests"][flip]["detected"] < 0.9 for flip in ("hflip", "vflip", "rot180"))

@@ -711,5 +711,7 @@ def test_a_dim_set_is_stretched_onto_the_byte_range_a_full_one_kept_and_the_defa
     assert stretch(LeavesConfig(stretch="auto"), full, full[:1].clone())[1] is False and torch.equal(full, before)
     flat = torch.full((2, 3, 4, 4), 9, dtype=torch.uint8)
     assert stretch(LeavesConfig(stretch="off"), flat, flat[:1].clone())[1] is False and flat.max() == 9
+    _, stretched, rule = stretch(LeavesConfig(stretch="on"), flat, flat[:1].clone())  # one value: nothing to stretch
+    assert not stretched and "not stretched: every pixel (0.1..99.9 %) is 9" in rule and "onto" not in rule
     forced = torch.arange(64, 192, dtype=torch.uint8).view(2, 1, 8, 8).expand(2, 3, 8, 8).contiguous()
     assert stretch(LeavesConfig(stretch="on"), forced, forced[:1].clone())[1] and forced.max() > 250

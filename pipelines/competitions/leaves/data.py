@@ -147,6 +147,8 @@ def stretch(cfg: LeavesConfig, train_images: torch.Tensor, test_images: torch.Te
         on = cfg.stretch == "on"
         rule = f"--stretch {cfg.stretch}: {'stretched onto 0..255' if on else 'kept'} (pixel values {lo}..{hi}, " \
                f"0.1..99.9 %)"
+    if on and hi <= lo:  # nothing to map onto 0..255: the rule must not say it was
+        rule = rule.replace("stretched onto 0..255", f"not stretched: every pixel (0.1..99.9 %) is {lo}")
     if on and hi > lo:
         for images in (train_images, test_images):
             stretch_(images, lo, hi)
