@@ -199,8 +199,8 @@ def view_features(model: torch.nn.Module, images: torch.Tensor, mean, std, *, si
     112 channels), the forward stopped there; ``None``: the last map. Flips and turns are geometry, which the
     middle of a network still holds and its last stage pools into what an object is: on the 8 px glyphs the
     probe read 0.97-0.98 of a fold's rows right on the stride-16 map against 0.55 on the last, and their mirror
-    cost it 0.30-0.31 instead of 0.04-0.08, while ELPV and the synthetic leaves kept every flip and turn
-    (docs/leaves.md, "The stride-16 map, not the last").
+    cost it 0.30-0.31 instead of 0.04-0.08, while ELPV and the synthetic leaves kept their labels under every
+    flip and turn (docs/leaves.md, "The stride-16 map, not the last").
 
     Batches of 32 in ``channels_last`` (oneDNN's fast layout), batch norm folded into the convolutions (the
     same features, 1.5x faster); the model is a frozen copy nothing else uses:
