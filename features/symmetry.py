@@ -22,7 +22,7 @@ halves, tells T's views from the untransformed images; where it does so on at le
 half's images, T makes images no test row will look like (ELPV's solar cells all have horizontal busbars: a
 quarter turn keeps a cell's defect level, and the probe tells turned cells from upright ones 0.999 of the time)
 and training on them spends the network on a distribution it is never asked about, so T is left out too
-(docs/leaves.md, "Flips and turns that make images the set does not have"). The augmentation then uses the
+(docs/leaves.md, "Flips and turns that make images the rows do not have"). The augmentation then uses the
 largest group the timm-style flags can express (h and v flips, quarter turns) whose elements all passed.
 """
 
@@ -49,9 +49,9 @@ ELEMENTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "antitranspose": lambda x: x.flip(-1).flip(-2).transpose(-1, -2),
 }
 # a flip or turn whose views a ridge probe tells from the untransformed images (held out, both kinds counted) at
-# least this often makes images the set does not have, and is not trained on. Measured on 512 training rows of each
-# development set: ELPV's quarter turns and transposes 0.998-1.000 (its flips 0.67-0.73), the synthetic leaves
-# (drawn at any angle) 0.51-0.68 for every element, the 8 px glyphs 0.58-0.81
+# least this often makes images the set does not have, and is not trained on. Measured per fold of the development
+# sets: ELPV's quarter turns and transposes 0.999-1.000 (its flips 0.66-0.76, seeds 0-2), the synthetic leaves
+# (drawn at any angle) 0.53-0.74 for every element; on 512 rows of the 8 px glyphs 0.58-0.81
 DETECT_MAX = 0.9
 # the subgroups the flags --hflip, --vflip and --rot90 can express (independent flips, random quarter turns),
 # largest first; the other four subgroups of D4 ({e, r180}, the transposes) need a diagonal flip no flag names

@@ -139,20 +139,18 @@ def stretch(cfg: LeavesConfig, train_images: torch.Tensor, test_images: torch.Te
 
     lo, hi = pixel_range(train_images)
     span = (hi - lo) / 255
+    on = span < STRETCH_SPAN if cfg.stretch == "auto" else cfg.stretch == "on"
+    done = on and hi > lo  # a one-value set has no range to map onto 0..255
+    what = "stretched onto 0..255" if done else f"not stretched: every pixel (0.1..99.9 %) is {lo}" if on else "kept"
     if cfg.stretch == "auto":
-        on = span < STRETCH_SPAN
-        rule = f"pixel values {lo}..{hi} (0.1..99.9 %) span {span:.0%} of 0..255, " + (
-            f"under {STRETCH_SPAN:.0%}: stretched onto 0..255" if on else f"at least {STRETCH_SPAN:.0%}: kept")
+        rule = (f"pixel values {lo}..{hi} (0.1..99.9 %) span {span:.0%} of 0..255, "
+                f"{'under' if on else 'at least'} {STRETCH_SPAN:.0%}: {what}")
     else:
-        on = cfg.stretch == "on"
-        rule = f"--stretch {cfg.stretch}: {'stretched onto 0..255' if on else 'kept'} (pixel values {lo}..{hi}, " \
-               f"0.1..99.9 %)"
-    if on and hi <= lo:  # nothing to map onto 0..255: the rule must not say it was
-        rule = rule.replace("stretched onto 0..255", f"not stretched: every pixel (0.1..99.9 %) is {lo}")
-    if on and hi > lo:
+        rule = f"--stretch {cfg.stretch}: {what} (pixel values {lo}..{hi}, 0.1..99.9 %)"
+    if done:
         for images in (train_images, test_images):
             stretch_(images, lo, hi)
-    return (lo, hi), on and hi > lo, rule
+    return (lo, hi), done, rule
 
 
 def auto_img_size(cfg: LeavesConfig, sizes: np.ndarray, device) -> tuple[int, str]:
