@@ -211,13 +211,15 @@ class Trainer:
         for fn in self.callbacks[event]:
             fn(self, **info)
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch on the trainer's device, in its memory format (``channels_last`` for 4-D)."""
         x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _autocast(self):
+    def autocast(self):
+        """The trainer's autocast context (a no-op for plain fp32)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     @property
@@ -231,10 +233,10 @@ class Trainer:
         total, count, correct, start = 0.0, 0, 0, time.perf_counter()  # correct: None if not classifying
         bar = _progress(loader, f"epoch {self.epoch + 1}") if self.progress and is_main_process() else None
         for x, y in bar if bar is not None else loader:
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            x, y = self.to_device(x), y.to(self.device, non_blocking=True)
             if self.batch_hook is not None:
                 x, y = self.batch_hook(x, y)
-            with self._autocast():
+            with self.autocast():
                 out = self.model(x)
                 loss = self.loss_fn(out, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -286,7 +288,7 @@ class Trainer:
         return history
 
     @staticmethod
-    def _inference_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    def inference_model(model: nn.Module, x: torch.Tensor) -> nn.Module:
         """``model`` (in eval mode) with its batch norms folded into their convolutions, a copy made for one
         pass over a loader (``x``: its first batch): the same outputs, 1.3-1.5x faster on a CPU
         (``pipelines.core.fold_batchnorm``). A model without conv + norm pairs comes back as it is."""
@@ -300,12 +302,12 @@ class Trainer:
         """
         model, outs = self.eval_model.eval(), []
         for batch in loader:
-            x = self._to_device(batch[0] if isinstance(batch, list | tuple) else batch)
+            x = self.to_device(batch[0] if isinstance(batch, list | tuple) else batch)
             if transform is not None:
                 x = transform(x)
             if not outs:
-                model = self._inference_model(model, x)
-            with self._autocast():
+                model = self.inference_model(model, x)
+            with self.autocast():
                 outs.append(model(x).float().cpu())
         return torch.cat(outs)
 
@@ -315,11 +317,11 @@ class Trainer:
         (``transform`` applied to each input batch on the device first, as in :meth:`predict`)."""
         model, outs, ys = self.eval_model.eval(), [], []
         for x, y in loader:
-            x = self._to_device(x)
+            x = self.to_device(x)
             x = transform(x) if transform is not None else x
             if not outs:
-                model = self._inference_model(model, x)
-            with self._autocast():
+                model = self.inference_model(model, x)
+            with self.autocast():
                 outs.append(model(x).float().cpu())
             ys.append(torch.as_tensor(y))
         logits, y = torch.cat(outs), torch.cat(ys)

@@ -222,23 +222,24 @@ def test_pretrained_head_starts_at_uniform_loss():
 
 
 def test_probe_head_init_starts_below_uniform_loss_on_the_fold_rows():
-    """--head-init probe: the classifier starts at the linear probe of the rows it is given, so on images
-    whose classes differ in colour the first loss is already far below log(classes)."""
+    """--head-init probe: the classifier starts at the linear probe of the pre-logits of the rows it is given,
+    so on images whose classes differ in colour the first loss is already far below log(classes)."""
     import math
 
     import torch
 
     from pipelines.competitions.leaves.config import LeavesConfig
-    from pipelines.competitions.leaves.train import build_trainer
+    from pipelines.competitions.leaves.train import build_trainer, pre_logits
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(24) % 3
     images = (torch.rand(24, 3, 64, 64, generator=gen) * 60).to(torch.uint8)
     for c in range(3):
         images[labels == c, c] += 150  # class c: channel c bright
-    trainer = build_trainer(LeavesConfig(progress=False, batch_size=32, head_init="probe", img_size=64),
-                            n_classes=3, steps_per_epoch=1, device=torch.device("cpu"),
-                            head_rows=(images, torch.arange(24), labels.numpy()))
+    cfg = LeavesConfig(progress=False, batch_size=32, head_init="probe", img_size=64)
+    features = pre_logits(cfg, images, np.arange(24), torch.device("cpu"))
+    trainer = build_trainer(cfg, n_classes=3, steps_per_epoch=1, device=torch.device("cpu"),
+                            head_fit=(features, labels.numpy()))
     trainer.module.eval()
     x = (images.float() / 255 - 0.5) / 0.5  # lite0's input stats
     with torch.no_grad():
@@ -598,31 +599,91 @@ def test_the_test_set_is_predicted_by_the_weights_that_scored_the_fold_as_the_fo
     assert predict_test(cfg, own_rows, 1, tmp_path, device, ["identity"]).shape == (1, *info["valid"].shape)
 
 
-def test_the_probe_shared_among_the_fold_processes_is_the_probe_computed_here(tmp_path):
-    """``FoldProcesses.shared_probe_features`` splits the sampled rows between its processes at batch bounds: each row's
-    features, in every view, are those one process computes on as many threads (70 rows: batches of 32, 32, 6)."""
+def test_the_folds_share_their_frozen_layers_on_the_test_set_and_predict_the_same_bytes(tiny_leaves, tmp_path,
+                                                                                         monkeypatch):
+    """``predict_tests``: the stem and the three frozen stages, the same weights in every fold, run once per batch
+    and view for all folds (folds with different views too); each fold's probabilities are the bytes its whole
+    model gives. A backbone that does not split there (``frozen_split`` None) runs each fold whole."""
+    from pipelines.competitions.leaves import data as leaf_data
+    from pipelines.competitions.leaves import train
+    from pipelines.competitions.leaves.config import LeavesConfig
+    from pipelines.core.cv import make_folds
+
+    cfg = LeavesConfig(data_dir=str(tiny_leaves), img_size=64, epochs=1, batch_size=8, folds=2, progress=False,
+                       hflip="0.5", vflip="0", rot90="on", runs_dir=str(tmp_path / "runs"))
+    device = torch.device("cpu")
+    data = leaf_data.load_data(cfg, device)
+    folds = make_folds(data.y, 2, strategy="stratified", seed=0)
+    for k in (0, 1):
+        train.fit_fold(cfg, data, k, np.flatnonzero(folds != k), np.flatnonzero(folds == k), tmp_path, device)
+    views = {0: ["identity", "rot90"], 1: ["identity", "hflip", "rot180"]}
+    splits, real = [], train.frozen_split
+    monkeypatch.setattr(train, "frozen_split", lambda *a: splits.append(real(*a)) or splits[-1])
+    shared = train.predict_tests(cfg, data, views, tmp_path, device)
+    assert splits and splits[0] is not None and len(splits[0][0]) == 2 + 3  # conv_stem, bn1, three stages
+    monkeypatch.setattr(train, "frozen_split", lambda *a: None)
+    whole = train.predict_tests(cfg, data, views, tmp_path, device)
+    for k in (0, 1):
+        assert shared[k].shape == (len(views[k]), len(data.test), len(data.classes))
+        np.testing.assert_array_equal(shared[k], whole[k])
+
+
+def test_the_probe_and_head_features_shared_among_the_fold_processes_are_those_computed_here(tmp_path):
+    """``FoldProcesses.shared_probe_features`` and ``shared_head_features`` split the rows between its processes at
+    batch bounds: each row's features (the probe's in every view, the heads' pre-logits) are those one process
+    computes on as many threads (70 rows: batches of 32, 32, 6)."""
     from concurrent.futures import ProcessPoolExecutor
 
+    from pipelines.competitions.leaves.config import LeavesConfig
     from pipelines.competitions.leaves.fold_jobs import FoldProcesses, context
+    from pipelines.competitions.leaves.train import pre_logits
     from pipelines.competitions.leaves.views import rows_features
 
     images = torch.randint(0, 256, (80, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     rows = np.sort(np.random.default_rng(0).choice(80, 70, replace=False))
-    processes = FoldProcesses(None, None, tmp_path, jobs=2, device="cpu", cores=2)
+    cfg = LeavesConfig(img_size=40, batch_size=32, progress=False)
+    processes = FoldProcesses(cfg, None, tmp_path, jobs=2, device=torch.device("cpu"), cores=2)
     processes.images = [str(tmp_path / "train_images.npy")]
     np.save(processes.images[0], images.numpy())
     with ProcessPoolExecutor(2, mp_context=context()) as processes.pool:
-        shared = processes.shared_probe_features(rows)
+        shared, shared_heads = processes.shared_probe_features(rows), processes.shared_head_features(rows)
     threads = torch.get_num_threads()
     torch.set_num_threads(processes.threads)
     try:
-        here = rows_features(images, rows, "cpu")
+        here, heads = rows_features(images, rows, "cpu"), pre_logits(cfg, images, rows, torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
     assert set(shared) == set(here) and len(here) == 8
     for name in here:
         assert shared[name].shape == (70, here[name].shape[1])
         np.testing.assert_array_equal(shared[name], here[name])
+    assert heads.shape == (70, 1280)
+    np.testing.assert_array_equal(shared_heads, heads)
+
+
+def test_the_heads_features_are_each_folds_own_pre_logits_computed_once_per_run(tiny_leaves, monkeypatch):
+    """``--head-init probe``: every training row's pre-logits are computed once per run and shared by the folds,
+    and they are what a fold's freshly built model computes itself (to float rounding: every norm folded)."""
+    from features.augment import View
+    from models import input_stats
+    from pipelines.competitions.leaves import data as leaf_data
+    from pipelines.competitions.leaves import train
+    from pipelines.competitions.leaves.config import LeavesConfig
+
+    cfg = LeavesConfig(data_dir=str(tiny_leaves), img_size=64, batch_size=8, progress=False)
+    device = torch.device("cpu")
+    data = leaf_data.load_data(cfg, device)
+    calls, real = [], train.pre_logits
+    monkeypatch.setattr(train, "pre_logits", lambda *a: calls.append(a) or real(*a))
+    features = train.head_features(cfg, data, device)
+    assert train.head_features(cfg, data, device) is features and len(calls) == 1
+    assert features.shape == (len(data.y), 1280)
+    assert train.head_features(dataclasses.replace(cfg, head_init="zero"), data, device) is None
+    model = train.build_trainer(cfg, len(data.classes), 1, device).module.eval()
+    with torch.no_grad():
+        own = model.forward_head(model.forward_features(View("identity", *input_stats(model))(data.train_images)),
+                                 pre_logits=True)
+    np.testing.assert_allclose(features, own.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_epochs_follow_the_data_size_within_the_pass_range():

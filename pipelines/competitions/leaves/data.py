@@ -47,6 +47,7 @@ class LeafData:
     stretched: bool = False  # whether that range was stretched onto 0..255 (``stretch``)
     stretch_rule: str = ""  # why (goes into the record)
     probe: object = None  # features.symmetry features of a sample of the training rows, computed once
+    head_features: tuple | None = None  # (backbone key, every training row's pre-logits): ``train.head_features``
 
 
 def resolve_data_dir(cfg: LeavesConfig) -> tuple[Path, str]:

@@ -7,13 +7,15 @@ threads: the augmentation, the shuffling and dropout draw from torch's global ge
 share and interleave; a process has its own, seeded per fold, so each fold is reproducible on its own.
 
 The processes are forked from a server process that imported torch, timm and this package once (``forkserver``;
-``spawn`` where the platform has none), and their first work is the symmetry probe's features, the sampled rows
-shared among them at batch bounds: both cost a few seconds of one process where they cost one import per
-process and a probe on two threads. The parent keeps what needs the whole training set: the probe's features
-and each fold's flips-and-turns decision, sent to the fold's process with its rows. The decoded images go
-through two ``.npy`` files that every process maps read-only (the page cache holds them once), not through a
-pipe or ``/dev/shm`` (64 MB in a default container). What comes back is the fold's predictions and record;
-once the views are chosen, a second task per fold predicts the test set from the fold's checkpoint.
+``spawn`` where the platform has none), and their first work is the symmetry probe's features, then the
+pretrained pre-logits the folds' heads start from, the rows shared among them at batch bounds: both cost a few
+seconds of one process where they cost one import per process and a pass on two threads. The parent keeps what
+needs the whole training set: the probe's features and each fold's flips-and-turns decision, sent to the fold's
+process with its rows. The decoded images and the heads' features go through ``.npy`` files that every process
+maps read-only (the page cache holds them once), not through a pipe or ``/dev/shm`` (64 MB in a default
+container). What comes back is the fold's predictions and record; once the views are chosen, the test rows are
+shared among the processes, each predicting its share with every fold's checkpoint (the frozen layers once for
+all folds: ``train.predict_tests``).
 """
 
 from __future__ import annotations
@@ -38,32 +40,50 @@ class FoldProcesses:
         self.threads = max(1, (cpu_count() if cores is None else cores) // jobs)
 
     def __enter__(self):
-        from pipelines.competitions.leaves.train import probe_of
+        from pipelines.competitions.leaves.train import head_features, probe_of
 
         self.folder = Path(tempfile.mkdtemp(prefix=".images-", dir=self.run_dir))
-        self.images = [str(self.folder / f"{name}.npy") for name in ("train_images", "test_images")]
+        self.images = [str(self.folder / f"{name}.npy") for name in ("train_images", "test_images", "head_features")]
         self.pool = None
         try:
-            for path, images in zip(self.images, (self.data.train_images, self.data.test_images), strict=True):
+            for path, images in zip(self.images, (self.data.train_images, self.data.test_images), strict=False):
                 np.save(path, images.numpy())
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=context())
-            probe_of(self.cfg, self.data, self.device, compute=self.shared_probe_features)  # once, before the folds ask
+            # once, before the folds ask: the symmetry probe's features, then the heads' (every training row)
+            probe_of(self.cfg, self.data, self.device, compute=self.shared_probe_features)
+            heads = head_features(self.cfg, self.data, self.device, compute=self.shared_head_features)
+            if heads is not None:
+                np.save(self.images[2], heads)
         except BaseException as err:  # a full disk, Ctrl-C: no process and no file left behind
             self.__exit__(type(err), err, err.__traceback__)
             raise
-        # what a fold's process needs of the data, without the images (mapped there) or the probe (used here)
-        self.slim = dataclasses.replace(self.data, train_images=None, test_images=None, probe=None)
+        # what a fold's process needs of the data, without the images and head features (mapped there) or the
+        # probe (used here)
+        self.slim = dataclasses.replace(self.data, train_images=None, test_images=None, probe=None,
+                                        head_features=None)
         return self
 
     def shared_probe_features(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``views.rows_features`` of ``rows``, a share of whole batches in each process."""
         from pipelines.competitions.leaves.views import PROBE_BATCH
 
-        batches = np.array_split(np.arange(0, len(rows), PROBE_BATCH), self.jobs)
-        shares = [rows[b[0]:b[-1] + PROBE_BATCH] for b in batches if len(b)]
-        parts = [future.result() for future in
-                 [self.pool.submit(probe_share, self.images[0], share, self.threads) for share in shares]]
+        parts = self.shared(probe_share, rows, PROBE_BATCH)
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def shared_head_features(self, rows: np.ndarray) -> np.ndarray | None:
+        """``train.pre_logits`` of ``rows``, a share of whole prediction batches in each process."""
+        from pipelines.competitions.leaves.config import eval_batch_size
+
+        parts = self.shared(head_share, rows, eval_batch_size(self.cfg, self.device), self.cfg)
+        return None if parts[0] is None else np.concatenate(parts)
+
+    def shared(self, task, rows: np.ndarray, batch: int, *args) -> list:
+        """``task(images, share, threads, *args)`` of ``rows`` split at ``batch`` bounds into one share per
+        process (each row computed as one process computing them all would, on as many threads), in order."""
+        batches = np.array_split(np.arange(0, len(rows), batch), self.jobs)
+        shares = [rows[b[0]:b[-1] + batch] for b in batches if len(b)]
+        futures = [self.pool.submit(task, self.images[0], share, self.threads, *args) for share in shares]
+        return [future.result() for future in futures]
 
     def fit(self, fold: int, train_idx, valid_idx) -> dict:
         from pipelines.competitions.leaves.train import fold_seed_of, probe_of
@@ -75,10 +95,13 @@ class FoldProcesses:
                                 np.asarray(valid_idx), self.run_dir, symmetry, self.threads).result()
 
     def predict_test(self, views: dict[int, list[str]]) -> dict[int, np.ndarray]:
-        """``train.predict_test`` of each fold in ``views`` (fold -> its views), the folds side by side."""
-        futures = {fold: self.pool.submit(test_fold, self.cfg, self.slim, self.images, fold, self.run_dir, elements,
-                                          self.threads) for fold, elements in views.items()}
-        return {fold: future.result() for fold, future in futures.items()}
+        """``train.predict_tests`` of the folds in ``views`` (fold -> its views), the test rows shared among the
+        processes at batch bounds (each process runs every fold, the frozen layers once for them all)."""
+        from pipelines.competitions.leaves.config import eval_batch_size
+
+        parts = self.shared(test_share, np.arange(len(self.data.test)), eval_batch_size(self.cfg, self.device),
+                            self.cfg, self.slim, self.images, views, self.run_dir)
+        return {fold: np.concatenate([part[fold] for part in parts], axis=1) for fold in views}
 
     def __exit__(self, exc_type, *exc) -> None:
         if self.pool is not None:
@@ -107,6 +130,16 @@ def context():
     return ctx
 
 
+def head_share(images: str, rows: np.ndarray, threads: int, cfg) -> np.ndarray | None:
+    """In a fold's process, before its fold: ``train.pre_logits`` of ``rows`` on ``threads`` threads."""
+    import torch
+
+    from pipelines.competitions.leaves.train import pre_logits
+
+    torch.set_num_threads(threads)
+    return pre_logits(cfg, mapped_array(images), rows, torch.device("cpu"))
+
+
 def probe_share(images: str, rows: np.ndarray, threads: int) -> dict[str, np.ndarray]:
     """In a fold's process, before its fold: the probe's features of ``rows`` on ``threads`` threads."""
     import torch
@@ -125,28 +158,36 @@ def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, ru
 
     from pipelines.competitions.leaves.train import fit_fold
 
-    info = fit_fold(cfg, mapped(data, images, threads), fold, train_idx, valid_idx, run_dir, torch.device("cpu"),
+    info = fit_fold(cfg, mapped(data, images, threads, cfg), fold, train_idx, valid_idx, run_dir, torch.device("cpu"),
                     symmetry=symmetry)
     return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
 
 
-def test_fold(cfg, data, images: list[str], fold: int, run_dir: Path, elements: list[str], threads: int
-              ) -> np.ndarray:
-    """In a fold's process: the test set in ``elements``' views by fold ``fold``'s weights (``train.predict_test``)."""
+def test_share(_train_images: str, rows: np.ndarray, threads: int, cfg, data, images: list[str],
+               views: dict[int, list[str]], run_dir: Path) -> dict[int, np.ndarray]:
+    """In a fold's process: ``train.predict_tests`` of the test rows ``rows`` (consecutive) by every fold in
+    ``views``, on ``threads`` threads."""
     import torch
 
-    from pipelines.competitions.leaves.train import predict_test
+    from pipelines.competitions.leaves.train import predict_tests
 
-    return predict_test(cfg, mapped(data, images, threads), fold, run_dir, torch.device("cpu"), elements)
+    return predict_tests(cfg, mapped(data, images, threads), views, run_dir, torch.device("cpu"),
+                         rows=slice(int(rows[0]), int(rows[-1]) + 1))
 
 
-def mapped(data, images: list[str], threads: int):
-    """``data`` with its images mapped read-only from the run's ``.npy`` files, on ``threads`` threads."""
+def mapped(data, images: list[str], threads: int, cfg=None):
+    """``data`` with its images (and, with ``cfg``, the head features where the run computed them) mapped
+    read-only from the run's ``.npy`` files, on ``threads`` threads."""
     import torch
+
+    from pipelines.competitions.leaves.train import head_key
 
     torch.set_num_threads(threads)
-    train_images, test_images = (mapped_array(path) for path in images)
-    return dataclasses.replace(data, train_images=train_images, test_images=test_images)
+    train_images, test_images = (mapped_array(path) for path in images[:2])
+    heads = None
+    if cfg is not None and Path(images[2]).exists():
+        heads = (head_key(cfg), np.load(images[2], mmap_mode="r"))
+    return dataclasses.replace(data, train_images=train_images, test_images=test_images, head_features=heads)
 
 
 def mapped_array(path: str):

@@ -51,7 +51,7 @@ from pipelines.competitions.leaves.config import (  # noqa: F401  (add_arguments
 )
 from pipelines.competitions.leaves.data import LeafData
 from pipelines.competitions.leaves.record import write_leaves_run
-from pipelines.competitions.leaves.train import fit_fold, predict_test
+from pipelines.competitions.leaves.train import fit_fold, predict_tests
 from pipelines.core import tracking
 from pipelines.core.errors import PipelineError
 from pipelines.core.metrics import accuracy  # the competition's metric
@@ -190,8 +190,8 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
         tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])
         tta["views_tried"] = {k: info["views"] for k, info in fold_info.items()}
         views = {k: info["views"][: tta["test"]] for k, info in fold_info.items()}
-        tests = processes.predict_test(views) if processes is not None else {
-            k: predict_test(cfg, data, k, run_dir, device, elements) for k, elements in views.items()}
+        tests = (processes.predict_test(views) if processes is not None
+                 else predict_tests(cfg, data, views, run_dir, device))
     result.oof[trained] = tta["oof"]
     result.fold_scores = [accuracy(data.y[folds == k], result.oof[folds == k]) for k in sorted(fold_info)]
     result.test = np.mean([tests[k].mean(0) for k in fold_info], axis=0)

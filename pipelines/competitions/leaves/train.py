@@ -67,9 +67,9 @@ class MixHook:
         return torch.cat([mixed_x, last_x]), torch.cat([mixed_y, last_y])
 
 
-def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None, head_rows=None):
-    """Backbone (offline pretrained; the head at the linear probe of ``head_rows`` (uint8 images, the rows to
-    fit, their labels) with ``--head-init probe``, else at zero), AdamW, warmup+cosine, label smoothing, EMA,
+def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, device, symmetry=None, head_fit=None):
+    """Backbone (offline pretrained; the head at the linear probe of ``head_fit``, the fold's rows' pre-logits
+    and labels (:func:`head_features`), when given, else at zero), AdamW, warmup+cosine, label smoothing, EMA,
     the batched augmentation with ``symmetry``'s flips and turns (none when not given), mixup if asked."""
     import torch
     from timm.data import Mixup
@@ -78,7 +78,7 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
 
     from features.augment import BatchAugment
     from features.symmetry import Symmetry
-    from models import create_model, get_classifier, input_stats
+    from models import create_model, fit_head, get_classifier, input_stats
     from pipelines.core.training import Trainer, adamw, warmup_cosine
 
     model = create_model(cfg.model, n_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
@@ -86,9 +86,9 @@ def build_trainer(cfg: LeavesConfig, n_classes: int, steps_per_epoch: int, devic
     if cfg.pretrained or cfg.pretrained_file:
         freeze_early(model, cfg.freeze)
         model = fold_frozen_norms(model, cfg.img_size or 224)
-        if cfg.head_init == "probe" and head_rows is not None:
-            probe_head(model, *head_rows, label_smoothing=cfg.label_smoothing, device=device,
-                       batch_size=auto_batch_size(cfg, device).batch_size)
+        if head_fit is not None:
+            features, labels = (torch.as_tensor(np.asarray(a)) for a in head_fit)
+            fit_head(model.to(device), features.to(device), labels.to(device), label_smoothing=cfg.label_smoothing)
     classifier = get_classifier(model)
     head = {id(p) for p in classifier.parameters()} if classifier is not None else set()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -133,27 +133,54 @@ def freeze_early(model, groups: int) -> list[str]:
     return names
 
 
-def probe_head(model, images, rows, labels, *, label_smoothing: float, device=None, batch_size: int = 32) -> bool:
-    """Start ``model``'s classifier at the linear probe of its pretrained features on ``images[rows]`` (uint8,
-    the plain view, gathered a batch at a time so a streamed cache is never loaded whole; ``models.fit_head``),
-    on ``device``. One forward pass over the rows and no random draw, so the run's random stream stays as it
-    was. False (head untouched) for a model without timm's ``forward_head``."""
+def head_features(cfg: LeavesConfig, data: LeafData, device, compute=None) -> np.ndarray | None:
+    """Every training row's pre-logits from the pretrained backbone (:func:`pre_logits`), the features the
+    folds' linear-probe heads fit on (``--head-init probe``, "LP-FT" in docs/leaves.md): computed once per run,
+    by ``compute(rows)`` when given (``fold_jobs`` shares the rows among its processes), and kept on ``data``
+    for every fold (and a tuner's every trial) of the same backbone and size. Each fold fits on its own rows'
+    features: a fold used to run the backbone over its rows itself, so every row was computed K - 1 times.
+    None where the head starts at zero (no pretrained weights, ``--head-init zero``, a model without timm's
+    ``forward_head``)."""
+    if cfg.head_init != "probe" or not (cfg.pretrained or cfg.pretrained_file):
+        return None
+    if data.head_features is None or data.head_features[0] != head_key(cfg):
+        rows = np.arange(len(data.y))
+        data.head_features = (head_key(cfg), compute(rows) if compute is not None else
+                              pre_logits(cfg, data.train_images, rows, device))
+    return data.head_features[1]
+
+
+def head_key(cfg: LeavesConfig) -> tuple:
+    """What :func:`head_features` depend on besides the images: the backbone, its weights and the side."""
+    return cfg.model, cfg.img_size, cfg.pretrained, cfg.pretrained_file
+
+
+def pre_logits(cfg: LeavesConfig, images, rows: np.ndarray, device) -> np.ndarray | None:
+    """The pretrained backbone's pre-logits (what its classifier reads) of ``images[rows]`` (uint8) in the plain
+    view, gathered a prediction batch at a time (a streamed cache is never loaded whole): the function a fold's
+    freshly built model computes, by a copy with every batch norm folded into its convolution (faster; a test
+    checks the two agree). Building it draws nothing from the run's random stream. None for a model without
+    timm's ``forward_head``."""
     import torch
 
     from features.augment import View
-    from models import fit_head, input_stats
+    from models import create_model, input_stats
+    from pipelines.core.fold_batchnorm import fold_batchnorm
 
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(cfg.model, 2, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file)
     if not hasattr(model, "forward_head"):
-        return False
-    view, was_training = View("identity", *input_stats(model)), model.training
-    model.to(device or "cpu").eval()
-    rows = torch.as_tensor(rows, dtype=torch.long)
+        return None
+    view, batch = View("identity", *input_stats(model)), eval_batch_size(cfg, device)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    rows, feats = torch.as_tensor(np.asarray(rows), dtype=torch.long), []
     with torch.no_grad():
-        feats = [model.forward_head(model.forward_features(view(images[rows[i:i + batch_size]].to(device))),
-                                    pre_logits=True).float() for i in range(0, len(rows), batch_size)]
-    model.train(was_training)
-    return fit_head(model, torch.cat(feats), torch.as_tensor(labels, device=feats[0].device),
-                    label_smoothing=label_smoothing)
+        for i in range(0, len(rows), batch):
+            x = view(images[rows[i:i + batch]].to(device))  # channels_last, as the model
+            if not i:
+                model = fold_batchnorm(model, x[:2])[0].eval()
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+    return torch.cat(feats).numpy()
 
 
 def fold_frozen_norms(model, side: int):
@@ -214,10 +241,10 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
     steps = _n_batches(len(train_idx), cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or auto_epochs(len(train_idx), cfg.batch_size, cfg.steps))
     fold_dir, fit_rows = run_dir / f"fold{fold}", np.asarray(train_idx, dtype=np.int64)
-    head_rows = None  # a resumed fold's checkpoint replaces the head: no probe pass for it (it draws nothing)
-    if cfg.head_init == "probe" and not FoldEpochs.last_checkpoint(fold_dir).exists():
-        head_rows = (data.train_images, fit_rows, data.y[fit_rows])
-    trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_rows=head_rows)
+    head_fit = None  # a resumed fold's checkpoint replaces the head: no probe for it (the probe draws nothing)
+    if not FoldEpochs.last_checkpoint(fold_dir).exists() and (feats := head_features(cfg, data, device)) is not None:
+        head_fit = (feats[fit_rows], data.y[fit_rows])
+    trainer = build_trainer(cfg, len(data.classes), steps, device, symmetry=symmetry, head_fit=head_fit)
     loaders = fold_loaders(cfg, data, fold, train_idx, valid_idx, stop_idx, device)
     epochs = FoldEpochs(cfg, fold, data.classes, loaders, fold_dir, on_epoch)
     epochs.resume(trainer)
@@ -241,18 +268,89 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
 
 def predict_test(cfg: LeavesConfig, data: LeafData, fold: int, run_dir: Path, device, elements: list[str]
                  ) -> np.ndarray:
-    """The test set's probabilities in the views ``elements`` (views, rows, classes), by the weights that scored
-    fold ``fold`` (its ``best.pt``) in a model built as the fold's was. Called once the OOF rows have chosen how
-    many views to average (``views.choose_tta``), so no view the submission does not use is predicted."""
+    """The test set's probabilities in the views ``elements`` (views, rows, classes) by fold ``fold``'s weights
+    (:func:`predict_tests` of that fold alone)."""
+    return predict_tests(cfg, data, {fold: elements}, run_dir, device)[fold]
+
+
+def predict_tests(cfg: LeavesConfig, data: LeafData, views: dict[int, list[str]], run_dir: Path, device,
+                  rows: slice | None = None) -> dict[int, np.ndarray]:
+    """Each fold's probabilities of the test set (or its ``rows``) in its views ``views[fold]`` (views, rows,
+    classes), by the weights that scored the fold (its ``best.pt``) in a model built as the fold's was. Called
+    once the OOF rows have chosen how many views to average (``views.choose_tta``), so no view the submission
+    does not use is predicted.
+
+    The folds' frozen stem and stages hold the same ImageNet weights in every fold: where the backbone splits
+    there (:func:`frozen_split`), they run once per batch and view, and each fold's trained layers take it from
+    there, the same operations on the same inputs as each fold's whole model (a test checks the bytes). On
+    efficientnet-lite0 with four groups frozen they are about half of a forward pass at 112 px, so K folds
+    predict the test set in (0.5 + 0.5 K) / K of the passes."""
+    import torch
+
+    from features.augment import View
     from models.pretrained import input_stats
-    from pipelines.competitions.leaves.views import predict_views
     from pipelines.core.checkpoint import load_checkpoint
 
     cfg = auto_batch_size(cfg, device)
-    trainer = build_trainer(cfg, len(data.classes), 1, device)
-    trainer.eval_model.load_state_dict(load_checkpoint(FoldEpochs.best_checkpoint(run_dir / f"fold{fold}"))["model"])
-    loader = make_loader(data.test_images, None, cfg, train=False, seed=0, device=device)
-    return predict_views(trainer, loader, elements, *input_stats(trainer.module))
+    trainers = {}
+    for fold in views:
+        trainers[fold] = build_trainer(cfg, len(data.classes), 1, device)
+        best = load_checkpoint(FoldEpochs.best_checkpoint(run_dir / f"fold{fold}"))
+        trainers[fold].eval_model.load_state_dict(best["model"])
+    images = data.test_images if rows is None else data.test_images[rows]
+    loader = make_loader(images, None, cfg, train=False, seed=0, device=device)
+    first = next(iter(trainers.values()))
+    order = list(dict.fromkeys(e for elements in views.values() for e in elements))
+    transforms = {e: View(e, *input_stats(first.module)) for e in order}
+    models, split, outs = {}, None, {fold: {e: [] for e in views[fold]} for fold in views}
+    with torch.no_grad():
+        for batch in loader:
+            x = first.to_device(batch[0] if isinstance(batch, list | tuple) else batch)
+            for e in order:
+                v = transforms[e](x)
+                if not models:  # each fold's inference copy (every norm folded), and the split if it holds
+                    models = {fold: tr.inference_model(tr.eval_model.eval(), v) for fold, tr in trainers.items()}
+                    split = frozen_split(models, cfg.freeze, v, first)
+                with first.autocast():
+                    shared = split[0](v) if split else None
+                    for fold in views:
+                        if e in outs[fold]:
+                            out = split[1][fold](shared) if split else models[fold](v)
+                            outs[fold][e].append(out.float().cpu())
+    return {fold: torch.stack([torch.cat(outs[fold][e]).softmax(1) for e in views[fold]]).numpy() for fold in views}
+
+
+def frozen_split(models: dict, freeze: int, sample, trainer) -> tuple | None:
+    """``(prefix, {fold: suffix})``: the inference copies ``models`` cut after their first ``freeze`` layer groups
+    (the stem and ``freeze - 1`` stages, :func:`freeze_early`) where they are timm's EfficientNet (``conv_stem``,
+    ``bn1``, ``blocks``, then ``conv_head``, ``bn2`` and the head, as its ``forward_features`` runs them), every
+    fold's prefix holds the same weights, and prefix then suffix gives the whole model's output on ``sample``
+    exactly; None otherwise (each fold then runs its whole model)."""
+    import torch
+    from timm.models.efficientnet import EfficientNet
+
+    first = next(iter(models.values()))
+    if freeze < 2 or not all(isinstance(m, EfficientNet) for m in models.values()):
+        return None
+    k = min(freeze - 1, len(first.blocks))
+
+    def prefix_of(m):
+        return torch.nn.Sequential(m.conv_stem, m.bn1, *m.blocks[:k])
+
+    def suffix_of(m):
+        rest = m.blocks[k:]
+        return lambda h: m.forward_head(m.bn2(m.conv_head(rest(h))))
+
+    prefix = prefix_of(first)
+    weights = list(prefix.state_dict().values())
+    for m in models.values():
+        if any(not torch.equal(a, b) for a, b in zip(weights, prefix_of(m).state_dict().values(), strict=True)):
+            return None
+    suffixes = {fold: suffix_of(m) for fold, m in models.items()}
+    with trainer.autocast():
+        if not torch.equal(suffixes[next(iter(models))](prefix(sample)), first(sample)):
+            return None
+    return prefix, suffixes
 
 
 def fold_seed_of(cfg: LeavesConfig, fold: int) -> int:
