@@ -584,7 +584,7 @@ def test_the_test_set_is_predicted_by_the_weights_that_scored_the_fold_as_the_fo
     gives exactly the probabilities the trained fold gave them, in every view."""
     from pipelines.competitions.leaves import data as leaf_data
     from pipelines.competitions.leaves.config import LeavesConfig
-    from pipelines.competitions.leaves.train import fit_fold, predict_test
+    from pipelines.competitions.leaves.train import fit_fold, predict_tests
     from pipelines.core.cv import make_folds
 
     cfg = LeavesConfig(data_dir=str(tiny_leaves), img_size=64, epochs=1, batch_size=8, folds=2, progress=False,
@@ -595,8 +595,9 @@ def test_the_test_set_is_predicted_by_the_weights_that_scored_the_fold_as_the_fo
     info = fit_fold(cfg, data, 1, np.flatnonzero(folds == 0), np.flatnonzero(folds == 1), tmp_path, device)
     assert info["views"] == ["identity", "hflip", "vflip", "rot180"] and "test_views" not in info
     own_rows = dataclasses.replace(data, test_images=data.train_images[torch.as_tensor(np.flatnonzero(folds == 1))])
-    np.testing.assert_array_equal(predict_test(cfg, own_rows, 1, tmp_path, device, info["views"]), info["valid_views"])
-    assert predict_test(cfg, own_rows, 1, tmp_path, device, ["identity"]).shape == (1, *info["valid"].shape)
+    np.testing.assert_array_equal(predict_tests(cfg, own_rows, {1: info["views"]}, tmp_path, device)[1],
+                                  info["valid_views"])
+    assert predict_tests(cfg, own_rows, {1: ["identity"]}, tmp_path, device)[1].shape == (1, *info["valid"].shape)
 
 
 def test_the_folds_share_their_frozen_layers_on_the_test_set_and_predict_the_same_bytes(tiny_leaves, tmp_path,

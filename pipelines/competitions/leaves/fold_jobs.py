@@ -46,7 +46,7 @@ class FoldProcesses:
         self.images = [str(self.folder / f"{name}.npy") for name in ("train_images", "test_images", "head_features")]
         self.pool = None
         try:
-            for path, images in zip(self.images, (self.data.train_images, self.data.test_images), strict=False):
+            for path, images in zip(self.images[:2], (self.data.train_images, self.data.test_images), strict=True):
                 np.save(path, images.numpy())
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=context())
             # once, before the folds ask: the symmetry probe's features, then the heads' (every training row)
@@ -67,22 +67,22 @@ class FoldProcesses:
         """``views.rows_features`` of ``rows``, a share of whole batches in each process."""
         from pipelines.competitions.leaves.views import PROBE_BATCH
 
-        parts = self.shared(probe_share, rows, PROBE_BATCH)
+        parts = self.shared(probe_share, rows, PROBE_BATCH, self.images[0])
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def shared_head_features(self, rows: np.ndarray) -> np.ndarray | None:
         """``train.pre_logits`` of ``rows``, a share of whole prediction batches in each process."""
         from pipelines.competitions.leaves.config import eval_batch_size
 
-        parts = self.shared(head_share, rows, eval_batch_size(self.cfg, self.device), self.cfg)
+        parts = self.shared(head_share, rows, eval_batch_size(self.cfg, self.device), self.images[0], self.cfg)
         return None if parts[0] is None else np.concatenate(parts)
 
     def shared(self, task, rows: np.ndarray, batch: int, *args) -> list:
-        """``task(images, share, threads, *args)`` of ``rows`` split at ``batch`` bounds into one share per
+        """``task(share, threads, *args)`` of ``rows`` split at ``batch`` bounds into one share per
         process (each row computed as one process computing them all would, on as many threads), in order."""
         batches = np.array_split(np.arange(0, len(rows), batch), self.jobs)
         shares = [rows[b[0]:b[-1] + batch] for b in batches if len(b)]
-        futures = [self.pool.submit(task, self.images[0], share, self.threads, *args) for share in shares]
+        futures = [self.pool.submit(task, share, self.threads, *args) for share in shares]
         return [future.result() for future in futures]
 
     def fit(self, fold: int, train_idx, valid_idx) -> dict:
@@ -94,7 +94,7 @@ class FoldProcesses:
         return self.pool.submit(train_fold, self.cfg, self.slim, self.images, fold, np.asarray(train_idx),
                                 np.asarray(valid_idx), self.run_dir, symmetry, self.threads).result()
 
-    def predict_test(self, views: dict[int, list[str]]) -> dict[int, np.ndarray]:
+    def predict_tests(self, views: dict[int, list[str]]) -> dict[int, np.ndarray]:
         """``train.predict_tests`` of the folds in ``views`` (fold -> its views), the test rows shared among the
         processes at batch bounds (each process runs every fold, the frozen layers once for them all)."""
         from pipelines.competitions.leaves.config import eval_batch_size
@@ -130,7 +130,7 @@ def context():
     return ctx
 
 
-def head_share(images: str, rows: np.ndarray, threads: int, cfg) -> np.ndarray | None:
+def head_share(rows: np.ndarray, threads: int, images: str, cfg) -> np.ndarray | None:
     """In a fold's process, before its fold: ``train.pre_logits`` of ``rows`` on ``threads`` threads."""
     import torch
 
@@ -140,7 +140,7 @@ def head_share(images: str, rows: np.ndarray, threads: int, cfg) -> np.ndarray |
     return pre_logits(cfg, mapped_array(images), rows, torch.device("cpu"))
 
 
-def probe_share(images: str, rows: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+def probe_share(rows: np.ndarray, threads: int, images: str) -> dict[str, np.ndarray]:
     """In a fold's process, before its fold: the probe's features of ``rows`` on ``threads`` threads."""
     import torch
 
@@ -163,8 +163,8 @@ def train_fold(cfg, data, images: list[str], fold: int, train_idx, valid_idx, ru
     return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
 
 
-def test_share(_train_images: str, rows: np.ndarray, threads: int, cfg, data, images: list[str],
-               views: dict[int, list[str]], run_dir: Path) -> dict[int, np.ndarray]:
+def test_share(rows: np.ndarray, threads: int, cfg, data, images: list[str], views: dict[int, list[str]],
+               run_dir: Path) -> dict[int, np.ndarray]:
     """In a fold's process: ``train.predict_tests`` of the test rows ``rows`` (consecutive) by every fold in
     ``views``, on ``threads`` threads."""
     import torch

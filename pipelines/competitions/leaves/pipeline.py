@@ -190,7 +190,7 @@ def cross_validate_folds(cfg: LeavesConfig, data: LeafData, folds: np.ndarray, r
         tta = choose_tta({k: info["valid_views"] for k, info in fold_info.items()}, data.y[trained], folds[trained])
         tta["views_tried"] = {k: info["views"] for k, info in fold_info.items()}
         views = {k: info["views"][: tta["test"]] for k, info in fold_info.items()}
-        tests = (processes.predict_test(views) if processes is not None
+        tests = (processes.predict_tests(views) if processes is not None
                  else predict_tests(cfg, data, views, run_dir, device))
     result.oof[trained] = tta["oof"]
     result.fold_scores = [accuracy(data.y[folds == k], result.oof[folds == k]) for k in sorted(fold_info)]

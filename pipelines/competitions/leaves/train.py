@@ -212,7 +212,7 @@ def inner_split(y: np.ndarray, train_idx: np.ndarray, seed: int) -> tuple[np.nda
 def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx, run_dir: Path, device,
              on_epoch: Callable[[int, float], None] | None = None, symmetry: tuple | None = None) -> dict:
     """Train one fold (resuming from its last checkpoint) and predict its rows once, in every view of the
-    symmetry its training rows kept (the test set waits for the views' choice: :func:`predict_test`).
+    symmetry its training rows kept (the test set waits for the views' choice: :func:`predict_tests`).
 
     The fold's rows never choose anything: the flips and turns come from the flags or from the probe on
     ``train_idx`` (``views.fold_symmetry``); with ``patience`` 0 the weights after the last epoch score them,
@@ -264,13 +264,6 @@ def fit_fold(cfg: LeavesConfig, data: LeafData, fold: int, train_idx, valid_idx,
             "n_fit": len(train_idx), "n_stop": len(stop_idx), "symmetry": symmetry,
             "symmetry_record": symmetry_record, "views": elements,
             "threads": torch.get_num_threads()}  # a fold's arithmetic depends on it (the record keeps it)
-
-
-def predict_test(cfg: LeavesConfig, data: LeafData, fold: int, run_dir: Path, device, elements: list[str]
-                 ) -> np.ndarray:
-    """The test set's probabilities in the views ``elements`` (views, rows, classes) by fold ``fold``'s weights
-    (:func:`predict_tests` of that fold alone)."""
-    return predict_tests(cfg, data, {fold: elements}, run_dir, device)[fold]
 
 
 def predict_tests(cfg: LeavesConfig, data: LeafData, views: dict[int, list[str]], run_dir: Path, device,
